@@ -1,0 +1,50 @@
+"""ImageNet-1k, ViT-B/16, 5 forget / 45 retain images per class, batch 256, lr 1e-6, 3 epochs, alpha 2.
+
+    python -m lotus_jax.main --config configs/imagenet.py --workdir runs/imagenet \
+        --config.data.data_dir=/path/to/tfds --config.original_checkpoint=/path/to/vit_b16_orbax
+
+There is no gold model at this scale (stages train,retrain are not run): `f_orig` is the given checkpoint
+and RF-JSD replaces JSD. The dataset is `imagenet2012` prepared by tfds in array_record format (see the
+README). CPU-sized variant (ViT-Ti/16 at 32 px, 2 per class, random init when no checkpoint is given):
+
+    python -m lotus_jax.main --config configs/imagenet.py:small --workdir runs/imagenet_small
+"""
+
+from lotus_jax.config_base import base_config, link_epochs
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def get_config(variant: str = ""):
+    c = base_config()
+    c.stages = "unlearn,evaluate"
+    c.data.source = "tfds"
+    c.data.name = "imagenet2012"
+    c.data.heldout_split = "validation"
+    c.data.image_size = 224
+    c.data.mean, c.data.std = IMAGENET_MEAN, IMAGENET_STD
+    c.data.forget.mode = "per_class"
+    c.data.forget.sampling = "random"
+    c.data.forget.per_class = 5
+    c.data.forget.retain_per_class = 45
+    c.model.name = "vit"
+    c.model.variant = "B/16"
+    c.lotus.epochs = 3
+    c.lotus.batch_size = 256
+    c.lotus.alpha = 2.0
+    c.lotus.optimizer.lr = 1e-6
+    c.eval.batch_size = 256
+    if variant == "small":
+        c.stages = "train,unlearn,evaluate"
+        c.data.image_size = 32
+        c.data.forget.per_class = 2
+        c.data.forget.retain_per_class = 18
+        c.model.variant = "Ti/16"
+        c.model.patch_size = 8
+        c.train.epochs = 1
+        c.lotus.batch_size = 32
+        c.eval.batch_size = 64
+    elif variant:
+        raise ValueError(f"unknown config variant {variant!r}; valid: '' or 'small'")
+    return link_epochs(c)

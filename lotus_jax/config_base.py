@@ -1,0 +1,78 @@
+"""The shared shape of every config; `configs/*.py` start from `base_config()` and change what differs.
+
+Every key a user may override with `--config.key=value` exists here (ml_collections rejects unknown keys,
+so a typo fails instead of being ignored).
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+from ml_collections.config_dict import placeholder
+
+ALL_STAGES = "train,retrain,unlearn,evaluate"
+
+
+def optimizer(name: str, lr: float, weight_decay: float, momentum: float = 0.0, schedule: str = "constant",
+              warmup_epochs: float = 0.0, epochs: int = 1) -> mlc.ConfigDict:
+    return mlc.ConfigDict(dict(name=name, lr=lr, weight_decay=weight_decay, momentum=momentum, schedule=schedule,
+                               warmup_epochs=warmup_epochs, epochs=epochs))
+
+
+def base_config() -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.seed = 3407
+    c.stages = ALL_STAGES
+    c.methods = "lotus"
+    c.dtype = "float32"
+    c.compat = False  # reproduce the reference code's rounding and JSD form (SPEC §4)
+    c.original_checkpoint = placeholder(str)  # start from this orbax checkpoint instead of training
+    c.gold_checkpoint = placeholder(str)
+    c.mesh = mlc.ConfigDict(dict(data=-1))
+
+    c.data = mlc.ConfigDict()
+    c.data.source = "digits"  # digits | folder | tfds
+    c.data.name = placeholder(str)  # tfds name
+    c.data.path = placeholder(str)  # folder: directory or .tar/.tar.gz
+    c.data.data_dir = placeholder(str)  # tfds data_dir
+    c.data.train_split = "train"
+    c.data.heldout_split = "test"
+    c.data.channels = placeholder(int)
+    c.data.image_size = placeholder(int)  # resize on load (folder/tfds sources)
+    c.data.val_fraction = 0.5
+    c.data.mean = (0.5,)
+    c.data.std = (0.5,)
+    c.data.augment = "none"  # none | crop | crop_flip: original/gold training only
+    c.data.forget = mlc.ConfigDict(dict(mode="fraction", sampling="random", fraction=0.1, classes=0,
+                                        ids_file="", per_class=5, retain_per_class=placeholder(int)))
+
+    c.model = mlc.ConfigDict()
+    c.model.name = "resnet18"
+    c.model.width = 64
+    c.model.image_size = placeholder(int)  # model input resolution (resized on device)
+    c.model.variant = "B/16"
+    c.model.patch_size = placeholder(int)
+    c.model.hidden_size = placeholder(int)
+    c.model.num_layers = placeholder(int)
+    c.model.num_heads = placeholder(int)
+    c.model.mlp_dim = placeholder(int)
+    c.model.layernorm_epsilon = placeholder(float)
+
+    c.train = mlc.ConfigDict(dict(epochs=150, batch_size=512))
+    c.train.optimizer = optimizer("sgd", 0.1, 5e-4, momentum=0.9, schedule="cosine", warmup_epochs=5, epochs=150)
+    c.retrain = mlc.ConfigDict(dict(epochs=150, batch_size=512))
+    c.retrain.optimizer = optimizer("sgd", 0.1, 5e-4, momentum=0.9, schedule="cosine", warmup_epochs=5,
+                                    epochs=150)
+
+    c.lotus = mlc.ConfigDict(dict(epochs=10, batch_size=128, alpha=8.0, retain_fraction=0.3,
+                                  stop_threshold=-0.01, compat=c.get_ref("compat")))
+    c.lotus.optimizer = optimizer("adamw", 1e-4, 5e-4)
+
+    c.eval = mlc.ConfigDict(dict(batch_size=512, jsd_form="textbook", rf_jsd_unseen="val"))
+    return c
+
+
+def link_epochs(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """Makes each training optimizer's schedule length follow its stage's `epochs` override."""
+    for stage in ("train", "retrain"):
+        c[stage].optimizer.epochs = c[stage].get_ref("epochs")
+    return c

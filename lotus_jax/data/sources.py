@@ -1,0 +1,264 @@
+"""Random-access image sources: uint8 NHWC images and int labels, read by index.
+
+Every source exposes the same small interface (`Source`): `labels`, `class_names`, `image_shape`, `len()`
+and `get(indices) -> uint8 (n, H, W, C)`. A `Dataset` pairs the training source (what `f_orig` saw:
+`D_f ∪ D_r`) with the held-out source (split later into val = `D_u` and test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import tarfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lotus_jax.errors import ConfigError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class DataError(ConfigError):
+    """A dataset that cannot be read as configured; the message says what to do."""
+
+
+class Source(Protocol):
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: np.ndarray) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+    """A source held in memory: `images` uint8 (N, H, W, C), `labels` int32 (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise DataError(f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        return self.images[np.asarray(indices)]
+
+
+@dataclasses.dataclass(frozen=True)
+class LazySource:
+    """A source that decodes images on demand through `decode(index) -> uint8 (H, W, C)`."""
+
+    decode: Callable[[int], np.ndarray]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        return np.stack([self.decode(int(i)) for i in np.asarray(indices)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Training source (`D`) and held-out source (split into val and test), with the class count."""
+
+    name: str
+    train: Source
+    heldout: Source
+    num_classes: int
+
+
+def digits_dataset(heldout_fraction: float = 0.3) -> Dataset:
+    """scikit-learn's bundled 8×8 digits (1,797 images, 10 classes), no download needed.
+
+    Pixel values 0..16 are scaled to 0..255 uint8, one channel. The train/held-out partition is fixed
+    (stratified, seed 0) so that it plays the role of an official split; the run's seed then splits
+    train into forget/retain and held-out into val/test.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = bunch.target.astype(np.int32)
+    rng = np.random.default_rng(0)
+    heldout = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        heldout[idx[: int(round(len(idx) * heldout_fraction))]] = True
+    names = tuple(str(c) for c in range(10))
+    return Dataset(
+        name="digits",
+        train=ArraySource(images[~heldout], labels[~heldout], names),
+        heldout=ArraySource(images[heldout], labels[heldout], names),
+        num_classes=10,
+    )
+
+
+def _decode_image(data: bytes | str | os.PathLike, channels: int | None, size: int | None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        if channels == 1:
+            img = img.convert("L")
+        elif channels == 3 or img.mode not in ("L", "RGB"):
+            img = img.convert("RGB")
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _split_files(entries: Sequence[str], split: str) -> dict[str, list[str]]:
+    """Groups `split/class/file` paths by class for one split."""
+    by_class: dict[str, list[str]] = {}
+    for name in entries:
+        parts = Path(name).parts
+        if len(parts) >= 3 and parts[-3] == split and name.lower().endswith(IMAGE_SUFFIXES):
+            by_class.setdefault(parts[-2], []).append(name)
+    return by_class
+
+
+def _folder_arrays(
+    files_by_class: dict[str, list[str]], class_names: Sequence[str], read: Callable[[str], bytes | str],
+    channels: int | None, size: int | None,
+) -> ArraySource:
+    images, labels = [], []
+    for label, name in enumerate(class_names):
+        for f in sorted(files_by_class.get(name, [])):
+            images.append(_decode_image(read(f), channels, size))
+            labels.append(label)
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise DataError(f"images have different sizes {sorted(shapes)[:3]}; set --config.data.image_size=N to resize")
+    return ArraySource(np.stack(images), np.asarray(labels, np.int32), tuple(class_names))
+
+
+def folder_dataset(
+    path: str, train_split: str = "train", heldout_split: str = "test",
+    channels: int | None = None, image_size: int | None = None,
+) -> Dataset:
+    """An image-folder tree `split/class/*.jpg|png`, as a directory or a .tar / .tar.gz archive of one.
+
+    Classes are the sorted folder names of the training split (index = position), as torchvision's
+    ImageFolder does. All images are decoded into memory once.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"dataset path {str(p)!r} does not exist; set --config.data.path to an image-folder "
+                        f"tree {train_split}/<class>/*.jpg (or a .tar.gz of one)")
+    if p.is_dir():
+        root = p
+        if not (root / train_split).is_dir():
+            subdirs = [d for d in root.iterdir() if (d / train_split).is_dir()]
+            if len(subdirs) == 1:
+                root = subdirs[0]
+        entries = [str(f.relative_to(root)) for f in root.rglob("*") if f.is_file()]
+        read = lambda rel: str(root / rel)  # noqa: E731
+        sources = _folder_sources(entries, read, train_split, heldout_split, channels, image_size, str(p))
+        return Dataset(p.name, *sources, num_classes=len(sources[0].class_names))
+    with tarfile.open(p) as tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        read = lambda name: tar.extractfile(members[name]).read()  # noqa: E731
+        sources = _folder_sources(list(members), read, train_split, heldout_split, channels, image_size, str(p))
+    name = p.name.split(".")[0]
+    return Dataset(name, *sources, num_classes=len(sources[0].class_names))
+
+
+def _folder_sources(entries, read, train_split, heldout_split, channels, size, where):
+    train_files = _split_files(entries, train_split)
+    heldout_files = _split_files(entries, heldout_split)
+    if not train_files:
+        raise DataError(f"no images under {train_split}/<class>/ in {where}; expected an image-folder tree")
+    if not heldout_files:
+        raise DataError(f"no images under {heldout_split}/<class>/ in {where}; set --config.data.heldout_split")
+    class_names = sorted(train_files)
+    unknown = sorted(set(heldout_files) - set(class_names))
+    if unknown:
+        raise DataError(f"held-out classes {unknown[:5]} do not occur in the training split of {where}")
+    return (_folder_arrays(train_files, class_names, read, channels, size),
+            _folder_arrays(heldout_files, class_names, read, channels, size))
+
+
+TFDS_PREPARE_HINT = {
+    "imagenet2012": (
+        "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org into a folder M, "
+        "then run `pip install 'lotus_jax[prepare]' && tfds build imagenet2012 --manual_dir M "
+        "--file_format array_record --data_dir D` and pass --config.data.data_dir=D"
+    ),
+}
+
+
+def tfds_dataset(
+    name: str, data_dir: str | None = None, train_split: str = "train", heldout_split: str = "test",
+    image_size: int | None = None, image_key: str = "image", label_key: str = "label",
+) -> Dataset:
+    """A tensorflow-datasets dataset prepared in array_record format, read with `tfds.data_source`.
+
+    Never downloads: a dataset that is not prepared in `data_dir` raises a one-line `DataError` that says
+    how to prepare it. Images stay encoded until a batch asks for them (decoded with Pillow), so reading
+    labels of a large dataset is cheap and TensorFlow is not needed at read time.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # tfds raises several types for an unknown name
+        raise DataError(f"unknown tfds dataset {name!r} ({type(e).__name__}); check --config.data.name") from None
+    if not builder.is_prepared():
+        hint = TFDS_PREPARE_HINT.get(name, f"run `tfds build {name} --file_format array_record --data_dir D` "
+                                           f"on a machine with internet and pass --config.data.data_dir=D")
+        raise DataError(f"tfds dataset {name!r} is not prepared in {builder.data_dir!r}: {hint}")
+    label_feature = builder.info.features[label_key]
+    class_names = tuple(label_feature.names) if hasattr(label_feature, "names") else tuple(
+        str(i) for i in range(label_feature.num_classes))
+
+    def source(split: str) -> Source:
+        try:
+            ds = tfds.data_source(name, split=split, data_dir=data_dir,
+                                  decoders={image_key: tfds.decode.SkipDecoding()})
+        except Exception as e:
+            raise DataError(f"cannot read split {split!r} of tfds dataset {name!r}: {e}".splitlines()[0]) from None
+        labels = np.fromiter((int(ds[i][label_key]) for i in range(len(ds))), np.int32, len(ds))
+
+        def decode(i: int) -> np.ndarray:
+            return _decode_image(ds[i][image_key], None, image_size)
+
+        return LazySource(decode, labels, class_names, decode(0).shape)
+
+    return Dataset(name, source(train_split), source(heldout_split), num_classes=len(class_names))
+
+
+def load_dataset(data_cfg) -> Dataset:
+    """Builds the dataset named by `data_cfg.source` ('digits' | 'folder' | 'tfds')."""
+    src = data_cfg.source
+    if src == "digits":
+        return digits_dataset()
+    if src == "folder":
+        if not data_cfg.get("path"):
+            raise DataError("data.source=folder needs --config.data.path=<image-folder tree or .tar.gz>")
+        return folder_dataset(data_cfg.path, data_cfg.get("train_split", "train"),
+                              data_cfg.get("heldout_split", "test"), data_cfg.get("channels"),
+                              data_cfg.get("image_size"))
+    if src == "tfds":
+        return tfds_dataset(data_cfg.name, data_cfg.get("data_dir"), data_cfg.get("train_split", "train"),
+                            data_cfg.get("heldout_split", "test"), data_cfg.get("image_size"))
+    raise DataError(f"unknown data.source {src!r}; valid: digits, folder, tfds")

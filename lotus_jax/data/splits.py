@@ -1,0 +1,178 @@
+"""Forget / retain / val / test splits (SPEC §2) as pure functions of (labels, settings, seed).
+
+Indices of forget and retain point into the training source; val and test into the held-out source.
+A split is saved in the workdir (`splits.npz` plus its settings) and a rerun reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lotus_jax.data.sources import DataError
+
+FORGET_MODES = ("fraction", "class", "ids", "per_class")
+SAMPLINGS = ("random", "first")
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Index arrays (int64, sorted): forget/retain into train, val/test into held-out."""
+
+    forget: np.ndarray
+    retain: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    class_unlearning: bool = False
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(getattr(self, k)) for k in ("forget", "retain", "val", "test")}
+
+
+def _pick(rng: np.random.Generator, idx: np.ndarray, k: int, sampling: str) -> np.ndarray:
+    return idx[:k] if sampling == "first" else rng.permutation(idx)[:k]
+
+
+def forget_indices(labels: np.ndarray, settings: dict[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (forget, retain) index arrays into the training labels for the given settings.
+
+    Modes: `fraction` (round(fraction·n_c) per class c, sampled with the seed or the `first` ones as the
+    reference code does), `class` (every example of the listed classes), `ids` (an explicit id list from a
+    .txt/.npy file), `per_class` (ImageNet protocol: `per_class` forget examples per class and the next
+    `retain_per_class` as retain; retain = everything else when that is None).
+    """
+    mode, sampling = settings["mode"], settings.get("sampling", "random")
+    if mode not in FORGET_MODES:
+        raise DataError(f"unknown forget mode {mode!r}; valid: {', '.join(FORGET_MODES)}")
+    if sampling not in SAMPLINGS:
+        raise DataError(f"unknown forget sampling {sampling!r}; valid: {', '.join(SAMPLINGS)}")
+    n = len(labels)
+    classes = np.unique(labels)
+    rng = np.random.default_rng([seed, 1])
+    retain_mask: np.ndarray | None = None
+    if mode == "fraction":
+        frac = float(settings["fraction"])
+        if not 0.0 < frac < 1.0:
+            raise DataError(f"forget fraction {frac} is outside (0, 1); set --config.data.forget.fraction")
+        chosen = [_pick(rng, np.flatnonzero(labels == c), int(round(frac * np.sum(labels == c))), sampling)
+                  for c in classes]
+        forget = np.concatenate(chosen)
+    elif mode == "class":
+        wanted = np.atleast_1d(np.asarray(settings["classes"], dtype=np.int64))
+        missing = sorted(set(wanted.tolist()) - set(classes.tolist()))
+        if wanted.size == 0 or missing:
+            raise DataError(f"class(es) to forget {missing or '[]'} do not exist; valid classes are "
+                            f"{int(classes.min())}..{int(classes.max())}")
+        forget = np.flatnonzero(np.isin(labels, wanted))
+    elif mode == "ids":
+        forget = load_ids(settings["ids_file"], n)
+    else:
+        k, m = int(settings["per_class"]), settings.get("retain_per_class")
+        forget_parts, retain_parts = [], []
+        for c in classes:
+            idx = np.flatnonzero(labels == c)
+            idx = idx if sampling == "first" else rng.permutation(idx)
+            if len(idx) <= k:
+                raise DataError(f"class {int(c)} has {len(idx)} examples, not more than per_class={k}")
+            forget_parts.append(idx[:k])
+            retain_parts.append(idx[k:] if m is None else idx[k:k + int(m)])
+        forget = np.concatenate(forget_parts)
+        retain_mask = np.zeros(n, bool)
+        retain_mask[np.concatenate(retain_parts)] = True
+    forget = np.sort(forget.astype(np.int64))
+    if retain_mask is None:
+        retain_mask = np.ones(n, bool)
+    retain_mask[forget] = False
+    return forget, np.flatnonzero(retain_mask).astype(np.int64)
+
+
+def load_ids(path: str, n: int) -> np.ndarray:
+    """Reads forget ids (one integer per line / whitespace separated, or a .npy) and validates them."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"forget ids file {str(p)!r} does not exist; set --config.data.forget.ids_file")
+    try:
+        ids = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, dtype=np.int64, ndmin=1)
+    except ValueError as e:
+        raise DataError(f"forget ids file {str(p)!r} is not a list of integers ({e})") from None
+    ids = np.asarray(ids).reshape(-1)
+    if ids.size == 0:
+        raise DataError(f"forget ids file {str(p)!r} is empty; it must list at least one training example id")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise DataError(f"forget ids in {str(p)!r} must be integers, got {ids.dtype}")
+    bad = ids[(ids < 0) | (ids >= n)]
+    if bad.size:
+        raise DataError(f"forget ids {bad[:5].tolist()} are out of range; valid ids are 0..{n - 1}")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if np.any(counts > 1):
+        raise DataError(f"forget ids {uniq[counts > 1][:5].tolist()} are listed more than once in {str(p)!r}")
+    return ids.astype(np.int64)
+
+
+def split_heldout(labels: np.ndarray, seed: int, val_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Splits held-out indices into (val, test), stratified by class, `val_fraction` of each class to val."""
+    rng = np.random.default_rng([seed, 2])
+    val = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        val.append(idx[: int(round(len(idx) * val_fraction))])
+    val_idx = np.sort(np.concatenate(val)).astype(np.int64)
+    mask = np.ones(len(labels), bool)
+    mask[val_idx] = False
+    return val_idx, np.flatnonzero(mask).astype(np.int64)
+
+
+def make_splits(train_labels: np.ndarray, heldout_labels: np.ndarray, settings: dict[str, Any],
+                seed: int) -> Splits:
+    """All four splits from the labels, the forget settings and the seed."""
+    forget, retain = forget_indices(np.asarray(train_labels), settings, seed)
+    val, test = split_heldout(np.asarray(heldout_labels), seed, float(settings.get("val_fraction", 0.5)))
+    return Splits(forget, retain, val, test, class_unlearning=settings["mode"] == "class")
+
+
+def split_settings(data_cfg, seed: int) -> dict[str, Any]:
+    """The settings that determine a split (what is saved next to it and compared on reuse)."""
+    f = data_cfg.forget
+    s: dict[str, Any] = {"dataset": data_cfg.source + ":" + str(data_cfg.get("name") or data_cfg.get("path")),
+                         "mode": f.mode, "sampling": f.get("sampling", "random"), "seed": int(seed),
+                         "val_fraction": float(data_cfg.get("val_fraction", 0.5))}
+    if f.mode == "fraction":
+        s["fraction"] = float(f.fraction)
+    elif f.mode == "class":
+        s["classes"] = [int(c) for c in np.atleast_1d(f.classes)]
+    elif f.mode == "ids":
+        s["ids_file"] = str(f.ids_file)
+    else:
+        s["per_class"] = int(f.per_class)
+        s["retain_per_class"] = None if f.get("retain_per_class") is None else int(f.retain_per_class)
+    return s
+
+
+def save_splits(path: Path, splits: Splits, settings: dict[str, Any]) -> None:
+    """Writes `splits.npz` atomically (temporary file, then rename)."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, forget=splits.forget, retain=splits.retain, val=splits.val, test=splits.test,
+             class_unlearning=splits.class_unlearning, settings=json.dumps(settings, sort_keys=True))
+    tmp.replace(path)
+
+
+def load_or_make_splits(path: Path, train_labels: np.ndarray, heldout_labels: np.ndarray,
+                        settings: dict[str, Any], seed: int) -> tuple[Splits, bool]:
+    """Reuses the saved split when its settings match; makes and saves one otherwise.
+
+    Returns (splits, reused). A saved split with different settings is an error: the checkpoints in that
+    workdir were made with it.
+    """
+    if path.exists():
+        with np.load(path) as z:
+            saved = json.loads(str(z["settings"]))
+            if saved != json.loads(json.dumps(settings, sort_keys=True)):
+                raise DataError(f"{path} was made with different split settings {saved}; use a new --workdir")
+            return Splits(z["forget"], z["retain"], z["val"], z["test"], bool(z["class_unlearning"])), True
+    splits = make_splits(train_labels, heldout_labels, settings, seed)
+    save_splits(path, splits, settings)
+    return splits, False

@@ -1,0 +1,94 @@
+"""Evaluation of trained/unlearned models: one batched pass per split, then the SPEC §4 metrics.
+
+`split_statistics` runs the model; `summarize` turns the statistics of every model into the numbers of
+`metrics.json` (pure: no model, only saved statistics, so reports can be regenerated from disk).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from lotus_jax.methods.common import Context, SplitStats, Variables
+from lotus_jax.metrics.gap import avg_gap
+from lotus_jax.metrics.jsd import jsd, rf_jsd
+from lotus_jax.metrics.mia import mia
+
+SPLITS = ("forget", "retain", "val", "test")
+JSD_FORMS = ("textbook", "compat")
+
+
+def split_statistics(ctx: Context, variables: Variables) -> dict[str, SplitStats]:
+    """Statistics of one model on every split; softmax outputs are kept for the forget set (JSD)."""
+    return {s: ctx.evaluate(variables, s, keep_probs=(s == "forget")) for s in SPLITS}
+
+
+def save_statistics(path: Path, stats: dict[str, SplitStats]) -> None:
+    """Writes one model's statistics as a .npz (`<split>.<field>` keys)."""
+    arrays = {}
+    for split, st in stats.items():
+        for field in ("correct", "entropy", "labels", "prob_sums", "counts", "probs"):
+            value = getattr(st, field)
+            if value is not None:
+                arrays[f"{split}.{field}"] = value
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_statistics(path: Path) -> dict[str, SplitStats]:
+    with np.load(path) as z:
+        out = {}
+        for split in SPLITS:
+            get = lambda f: z[f"{split}.{f}"] if f"{split}.{f}" in z else None  # noqa: E731
+            out[split] = SplitStats(get("correct"), get("entropy"), get("labels"), get("prob_sums"),
+                                    get("counts"), get("probs"))
+        return out
+
+
+def _unseen_sums(stats: dict[str, SplitStats], unseen: str) -> tuple[np.ndarray, np.ndarray]:
+    parts = ("val", "test") if unseen == "val+test" else (unseen,)
+    return (sum(stats[p].prob_sums for p in parts), sum(stats[p].counts for p in parts))
+
+
+def model_metrics(stats: dict[str, SplitStats], original: dict[str, SplitStats],
+                  gold: dict[str, SplitStats] | None, *, form: str = "textbook", rf_unseen: str = "val",
+                  decimals: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Metrics of one model: accuracies, MIA, RF-JSD (vs the original model on unseen data), and JSD and
+    Avg Gap against the gold model when there is one. Both JSD forms are stored; `jsd`/`rf_jsd` hold `form`.
+    """
+    if form not in JSD_FORMS:
+        raise ValueError(f"unknown JSD form {form!r}; valid: {', '.join(JSD_FORMS)}")
+    m: dict[str, Any] = {f"acc_{s}": stats[s].accuracy for s in SPLITS}
+    unseen_entropy = np.concatenate([stats["val"].entropy, stats["test"].entropy])
+    m["mia"] = mia(stats["retain"].entropy, unseen_entropy, stats["forget"].entropy, seed=seed)
+    q_sums, q_counts = _unseen_sums(original, rf_unseen)
+    for f in JSD_FORMS:
+        m[f"rf_jsd_{f}"] = float(rf_jsd(jnp.asarray(stats["forget"].prob_sums), jnp.asarray(stats["forget"].counts),
+                                        jnp.asarray(q_sums), jnp.asarray(q_counts), form=f))
+    m["rf_jsd"] = m[f"rf_jsd_{form}"]
+    if gold is not None:
+        for f in JSD_FORMS:
+            m[f"jsd_{f}"] = float(jsd(jnp.asarray(stats["forget"].probs), jnp.asarray(gold["forget"].probs), form=f))
+        m["jsd"] = m[f"jsd_{form}"]
+    return m
+
+
+def summarize(all_stats: dict[str, dict[str, SplitStats]], times: dict[str, float], *, form: str = "textbook",
+              rf_unseen: str = "val", compat: bool = False, seed: int = 0) -> dict[str, Any]:
+    """`metrics.json` content from the statistics of 'original', optional 'gold', and each method."""
+    decimals = 2 if compat else None
+    gold = all_stats.get("gold")
+    models: dict[str, dict[str, Any]] = {}
+    for name, stats in all_stats.items():
+        models[name] = model_metrics(stats, all_stats["original"], gold, form=form, rf_unseen=rf_unseen,
+                                     decimals=decimals, seed=seed)
+        if name in times:
+            models[name]["time_s"] = float(times[name])
+    if "gold" in models:
+        for name, m in models.items():
+            m["avg_gap"] = avg_gap(m, models["gold"], decimals=decimals)
+    return {"jsd_form": form, "rf_jsd_unseen": rf_unseen, "compat": compat, "models": models}

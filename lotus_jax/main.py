@@ -1,0 +1,210 @@
+"""Entry point: wires data -> models -> methods -> metrics -> report, stage by stage.
+
+    python -m lotus_jax.main --config configs/default.py --workdir runs/default [--config.key=value ...]
+
+Stages (`--config.stages`, default all): `train` (original model on D_f ∪ D_r), `retrain` (gold model on
+D_r), `unlearn` (each of `--config.methods` from the original model), `evaluate` (metrics.json and
+report.md). A stage whose checkpoint is already in the workdir is skipped, so a rerun continues.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lotus_jax import checkpoint, evaluate, report
+from lotus_jax.data import (load_dataset, load_or_make_splits, make_mesh, preprocess_from_config,
+                            split_settings)
+from lotus_jax.data.pipeline import check_batch_size
+from lotus_jax.errors import ConfigError
+from lotus_jax.methods import METHODS, get_method
+from lotus_jax.methods.common import Context, make_eval_fn, replicate
+from lotus_jax.methods.train import train
+from lotus_jax.models import build_model
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.py"
+STAGES = ("train", "retrain", "unlearn", "evaluate")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Config sections whose change invalidates what a workdir already holds.
+RUN_DEFINING = ("seed", "data", "model", "dtype", "train", "retrain")
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
+
+
+def log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def parse_list(text: str, valid: tuple[str, ...] | list[str], what: str) -> list[str]:
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    bad = [s for s in items if s not in valid]
+    if bad or not items:
+        raise ConfigError(f"unknown {what} {bad or '(none)'}; valid: {', '.join(valid)}")
+    return items
+
+
+def validate(cfg) -> tuple[list[str], list[str]]:
+    """Checks what can be checked before any work starts; returns (stages, methods)."""
+    stages = parse_list(cfg.stages, STAGES, "stage")
+    methods = parse_list(cfg.methods, sorted(METHODS), "method")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {cfg.dtype!r}; valid: {', '.join(DTYPES)}")
+    if cfg.eval.jsd_form not in evaluate.JSD_FORMS:
+        raise ConfigError(f"unknown eval.jsd_form {cfg.eval.jsd_form!r}; valid: {', '.join(evaluate.JSD_FORMS)}")
+    if cfg.eval.rf_jsd_unseen not in ("val", "test", "val+test"):
+        raise ConfigError(f"unknown eval.rf_jsd_unseen {cfg.eval.rf_jsd_unseen!r}; valid: val, test, val+test")
+    return stages, methods
+
+
+def check_workdir(workdir: Path, cfg) -> None:
+    """Refuses a workdir that holds a run made with a different data/model/training config; else saves it."""
+    path = workdir / "config.json"
+    current = json.loads(cfg.to_json_best_effort())
+    if path.exists():
+        saved = json.loads(path.read_text())
+        diff = [k for k in RUN_DEFINING if saved.get(k) != current.get(k)]
+        if diff:
+            raise ConfigError(f"{workdir} holds a run made with a different config (section(s) {', '.join(diff)} "
+                             f"differ); use a new --workdir")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def run(cfg, workdir: Path) -> dict[str, Any]:
+    """Runs the configured stages in `workdir`; returns the metrics (when evaluated)."""
+    stages, methods = validate(cfg)
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_workdir(workdir, cfg)
+    dataset = load_dataset(cfg.data)
+    splits, reused = load_or_make_splits(workdir / "splits.npz", dataset.train.labels, dataset.heldout.labels,
+                                         split_settings(cfg.data, cfg.seed), cfg.seed)
+    log(f"data: {dataset.name}, {dataset.num_classes} classes, images {dataset.train.image_shape}; splits "
+        f"{splits.sizes()}{' (reused)' if reused else ''}")
+    mesh = make_mesh(cfg.mesh.data)
+    for name in ("train", "retrain", "lotus"):
+        check_batch_size(cfg[name].batch_size, mesh)
+    check_batch_size(cfg.eval.batch_size, mesh)
+    model = build_model(cfg.model, dataset.num_classes, DTYPES[cfg.dtype])
+    prep = preprocess_from_config(cfg.data, cfg.model)
+    ctx = Context(model=model, prep=prep, dataset=dataset, splits=splits, mesh=mesh,
+                  eval_fn=make_eval_fn(model, prep, dataset.num_classes), eval_batch_size=cfg.eval.batch_size,
+                  seed=cfg.seed, log=log)
+    key = jax.random.key(cfg.seed)
+    dummy = prep(jnp.zeros((1, *dataset.train.image_shape), jnp.uint8))
+    init = jax.jit(lambda k: model.init({"params": k}, dummy, train=False))
+    log(f"model: {cfg.model.name}, {sum(x.size for x in jax.tree.leaves(jax.eval_shape(init, key)['params'])):,} "
+        f"parameters, input {dummy.shape[1:]}, {cfg.dtype}; mesh {dict(mesh.shape)}")
+    ckdir = workdir / "checkpoints"
+
+    def obtain(name: str, user_ckpt: str | None, indices: np.ndarray, tcfg, stage_key) -> bool:
+        path = ckdir / name
+        if checkpoint.exists(path):
+            log(f"[{name}] checkpoint found in {path}: skipping training")
+            return True
+        like = jax.eval_shape(init, key)
+        if user_ckpt:
+            variables = checkpoint.restore(Path(user_ckpt), like, mesh)
+            log(f"[{name}] imported {user_ckpt}")
+        else:
+            variables = train(ctx, replicate(init(stage_key), mesh), indices, tcfg, stage_key, name)
+        checkpoint.save(path, variables)
+        return True
+
+    def load(name: str) -> dict | None:
+        path = ckdir / name
+        return checkpoint.restore(path, jax.eval_shape(init, key), mesh) if checkpoint.exists(path) else None
+
+    if "train" in stages or cfg.original_checkpoint:
+        obtain("original", cfg.original_checkpoint, np.sort(np.concatenate([splits.forget, splits.retain])),
+               cfg.train, jax.random.fold_in(key, 1))
+    if "retrain" in stages or cfg.gold_checkpoint:
+        obtain("gold", cfg.gold_checkpoint, splits.retain, cfg.retrain, jax.random.fold_in(key, 2))
+    results_dir = workdir / "results"
+    if "unlearn" in stages:
+        original = load("original")
+        if original is None:
+            raise ConfigError(f"no original model in {ckdir}: add 'train' to --config.stages or pass "
+                             f"--config.original_checkpoint=<orbax checkpoint>")
+        results_dir.mkdir(exist_ok=True)
+        for i, name in enumerate(methods):
+            if checkpoint.exists(ckdir / name) and (results_dir / f"{name}.json").exists():
+                log(f"[{name}] checkpoint found: skipping")
+                continue
+            result = get_method(name)(ctx, original, cfg[name], jax.random.fold_in(key, 100 + i))
+            finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(result.variables))
+            record = {"time_s": result.time_s, "history": result.history, **result.extra}
+            if not finite:
+                record["failed"] = "non-finite parameters after unlearning"
+                log(f"[{name}] failed: {record['failed']}")
+            else:
+                checkpoint.save(ckdir / name, result.variables)
+                log(f"[{name}] done in {result.time_s:.1f}s")
+            (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
+    metrics: dict[str, Any] = {}
+    if "evaluate" in stages:
+        metrics = evaluate_all(ctx, workdir, methods, load, cfg)
+    return metrics
+
+
+def evaluate_all(ctx: Context, workdir: Path, methods: list[str], load, cfg) -> dict[str, Any]:
+    """Statistics of every available model, then metrics.json and report.md."""
+    stats_dir = workdir / "stats"
+    stats_dir.mkdir(exist_ok=True)
+    all_stats, times, failed = {}, {}, {}
+    for name in ["original", "gold", *methods]:
+        record_path = workdir / "results" / f"{name}.json"
+        record = json.loads(record_path.read_text()) if record_path.exists() else {}
+        if record.get("failed"):
+            failed[name] = record["failed"]
+            continue
+        variables = load(name)
+        if variables is None:
+            if name == "original":
+                raise ConfigError(f"no original model in {workdir / 'checkpoints'}: nothing to evaluate")
+            continue
+        log(f"[evaluate] {name}")
+        all_stats[name] = evaluate.split_statistics(ctx, variables)
+        evaluate.save_statistics(stats_dir / f"{name}.npz", all_stats[name])
+        if "time_s" in record:
+            times[name] = record["time_s"]
+    metrics = evaluate.summarize(all_stats, times, form=cfg.eval.jsd_form, rf_unseen=cfg.eval.rf_jsd_unseen,
+                                 compat=cfg.compat, seed=cfg.seed)
+    for name, reason in failed.items():
+        metrics["models"][name] = {"failed": reason}
+    tmp = workdir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(workdir / "metrics.json")
+    report.write(workdir)
+    log("\n" + report.table(metrics) + "\n")
+    log(f"wrote {workdir / 'metrics.json'} and {workdir / 'report.md'}")
+    return metrics
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    cfg = _CONFIG.value
+    workdir = Path(_WORKDIR.value or Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])
+                                                                   ).stem.split(":")[0])
+    try:
+        run(cfg, workdir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,118 @@
+"""`report.md` from `metrics.json`: the paper-style table, best value per column in bold.
+
+    python -m lotus_jax.report <workdir>
+
+regenerates the report from the saved metrics without recomputing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+# (key, header, scale, rule): rule "min" = lower is better, "gold" = closest to the gold model is best.
+COLUMNS = (
+    ("mia", "MIA", 1.0, "gold"),
+    ("acc_forget", "Acc forget", 1.0, "gold"),
+    ("acc_retain", "Acc retain", 1.0, "gold"),
+    ("acc_val", "Acc val", 1.0, "gold"),
+    ("acc_test", "Acc test", 1.0, "gold"),
+    ("avg_gap", "Avg Gap", 1.0, "min"),
+    ("jsd", "JSD ×1e4", 1e4, "min"),
+    ("rf_jsd", "RF-JSD ×1e4", 1e4, "min"),
+    ("time_s", "Time (s)", 1.0, "min"),
+)
+REFERENCE_ROWS = ("gold", "original")
+
+
+def _order(models: dict[str, Any]) -> list[str]:
+    return [m for m in REFERENCE_ROWS if m in models] + [m for m in models if m not in REFERENCE_ROWS]
+
+
+def _best(models: dict[str, dict], key: str, rule: str) -> set[str]:
+    """Names of the unlearned models with the best value in a column (ties all marked)."""
+    cands = {n: m[key] for n, m in models.items()
+             if n not in REFERENCE_ROWS and isinstance(m.get(key), (int, float)) and math.isfinite(m[key])}
+    if not cands:
+        return set()
+    if rule == "gold":
+        if "gold" not in models or key not in models["gold"]:
+            return set()
+        score = {n: abs(v - models["gold"][key]) for n, v in cands.items()}
+    else:
+        score = cands
+    best = min(score.values())
+    return {n for n, v in score.items() if abs(v - best) <= 1e-12}
+
+
+def table(metrics: dict[str, Any]) -> str:
+    """The comparison table in Markdown; columns without any value are left out."""
+    models = metrics["models"]
+    cols = [c for c in COLUMNS if any(c[0] in m for m in models.values())]
+    lines = ["| model | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    best = {c[0]: _best(models, c[0], c[3]) for c in cols}
+    for name in _order(models):
+        m, cells = models[name], []
+        for key, _, scale, _ in cols:
+            v = m.get(key)
+            if not isinstance(v, (int, float)):
+                cells.append("—")
+                continue
+            text = f"{v * scale:.2f}" if key in ("jsd", "rf_jsd", "time_s") else f"{v * scale:.4f}"
+            cells.append(f"**{text}**" if name in best[key] else text)
+        status = "" if not models[name].get("failed") else f" (failed: {models[name]['failed']})"
+        lines.append(f"| {name}{status} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render(metrics: dict[str, Any], config_text: str | None = None) -> str:
+    """The whole `report.md`."""
+    form = metrics.get("jsd_form", "textbook")
+    form_text = ("textbook JSD (0.5·KL(p‖m) + 0.5·KL(q‖m), bounded by ln 2)" if form == "textbook" else
+                 "the reference code's `compat` JSD form (reversed KL, divided by the number of rows), the form "
+                 "of the published numbers")
+    parts = [
+        "# LoTUS unlearning report", "",
+        table(metrics), "",
+        f"JSD and RF-JSD are in {form_text}, shown ×1e4. RF-JSD compares each model's class-mean softmax on "
+        f"the forget set with the original model's on the `{metrics.get('rf_jsd_unseen', 'val')}` split. "
+        "Avg Gap is the mean absolute difference to the gold model over MIA and forget/retain/test accuracy "
+        "(lower is better). Bold: best unlearned model per column (closest to gold for MIA and accuracies).",
+    ]
+    if metrics.get("compat"):
+        parts += ["", "compat mode: accuracies and MIA rounded to 2 decimals before gaps and temperatures."]
+    if config_text:
+        parts += ["", "<details><summary>config</summary>", "", "```json", config_text, "```", "", "</details>"]
+    return "\n".join(parts) + "\n"
+
+
+def write(workdir: Path) -> Path:
+    """Regenerates `report.md` in `workdir` from its `metrics.json` (and `config.json` when present)."""
+    workdir = Path(workdir)
+    metrics_path = workdir / "metrics.json"
+    if not metrics_path.exists():
+        raise FileNotFoundError(f"{metrics_path} does not exist; run the evaluate stage first")
+    metrics = json.loads(metrics_path.read_text())
+    cfg = workdir / "config.json"
+    out = workdir / "report.md"
+    out.write_text(render(metrics, cfg.read_text() if cfg.exists() else None))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m lotus_jax.report <workdir>", file=sys.stderr)
+        return 2
+    try:
+        print(write(Path(argv[1])))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
