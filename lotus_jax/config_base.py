@@ -9,13 +9,10 @@ from __future__ import annotations
 import ml_collections as mlc
 from ml_collections.config_dict import placeholder
 
+from lotus_jax.methods import default_configs
+from lotus_jax.methods.common import optimizer_config
+
 ALL_STAGES = "train,retrain,unlearn,evaluate"
-
-
-def optimizer(name: str, lr: float, weight_decay: float, momentum: float = 0.0, schedule: str = "constant",
-              warmup_epochs: float = 0.0, epochs: int = 1) -> mlc.ConfigDict:
-    return mlc.ConfigDict(dict(name=name, lr=lr, weight_decay=weight_decay, momentum=momentum, schedule=schedule,
-                               warmup_epochs=warmup_epochs, epochs=epochs))
 
 
 def base_config() -> mlc.ConfigDict:
@@ -58,14 +55,14 @@ def base_config() -> mlc.ConfigDict:
     c.model.layernorm_epsilon = placeholder(float)
 
     c.train = mlc.ConfigDict(dict(epochs=150, batch_size=512))
-    c.train.optimizer = optimizer("sgd", 0.1, 5e-4, momentum=0.9, schedule="cosine", warmup_epochs=5, epochs=150)
+    c.train.optimizer = optimizer_config("sgd", 0.1, 5e-4, momentum=0.9, schedule="cosine", warmup_epochs=5, epochs=150)
     c.retrain = mlc.ConfigDict(dict(epochs=150, batch_size=512))
-    c.retrain.optimizer = optimizer("sgd", 0.1, 5e-4, momentum=0.9, schedule="cosine", warmup_epochs=5,
+    c.retrain.optimizer = optimizer_config("sgd", 0.1, 5e-4, momentum=0.9, schedule="cosine", warmup_epochs=5,
                                     epochs=150)
 
-    c.lotus = mlc.ConfigDict(dict(epochs=10, batch_size=128, alpha=8.0, retain_fraction=0.3,
-                                  stop_threshold=-0.01, compat=c.get_ref("compat")))
-    c.lotus.optimizer = optimizer("adamw", 1e-4, 5e-4)
+    for name, section in default_configs().items():
+        c[name] = section
+    c.lotus.compat = c.get_ref("compat")
 
     c.eval = mlc.ConfigDict(dict(batch_size=512, jsd_form="textbook", rf_jsd_unseen="val"))
     return c

@@ -26,7 +26,7 @@ from lotus_jax.data import (load_dataset, load_or_make_splits, make_mesh, prepro
 from lotus_jax.data.pipeline import check_batch_size
 from lotus_jax.errors import ConfigError
 from lotus_jax.methods import METHODS, get_method
-from lotus_jax.methods.common import Context, make_eval_fn, replicate
+from lotus_jax.methods.common import Context, make_eval_fn
 from lotus_jax.methods.train import train
 from lotus_jax.models import build_model
 
@@ -98,12 +98,12 @@ def run(cfg, workdir: Path) -> dict[str, Any]:
     check_batch_size(cfg.eval.batch_size, mesh)
     model = build_model(cfg.model, dataset.num_classes, DTYPES[cfg.dtype])
     prep = preprocess_from_config(cfg.data, cfg.model)
-    ctx = Context(model=model, prep=prep, dataset=dataset, splits=splits, mesh=mesh,
-                  eval_fn=make_eval_fn(model, prep, dataset.num_classes), eval_batch_size=cfg.eval.batch_size,
-                  seed=cfg.seed, log=log)
-    key = jax.random.key(cfg.seed)
     dummy = prep(jnp.zeros((1, *dataset.train.image_shape), jnp.uint8))
     init = jax.jit(lambda k: model.init({"params": k}, dummy, train=False))
+    ctx = Context(model=model, prep=prep, dataset=dataset, splits=splits, mesh=mesh,
+                  eval_fn=make_eval_fn(model, prep, dataset.num_classes), init_fn=init,
+                  eval_batch_size=cfg.eval.batch_size, seed=cfg.seed, log=log)
+    key = jax.random.key(cfg.seed)
     log(f"model: {cfg.model.name}, {sum(x.size for x in jax.tree.leaves(jax.eval_shape(init, key)['params'])):,} "
         f"parameters, input {dummy.shape[1:]}, {cfg.dtype}; mesh {dict(mesh.shape)}")
     ckdir = workdir / "checkpoints"
@@ -118,7 +118,7 @@ def run(cfg, workdir: Path) -> dict[str, Any]:
             variables = checkpoint.restore(Path(user_ckpt), like, mesh)
             log(f"[{name}] imported {user_ckpt}")
         else:
-            variables = train(ctx, replicate(init(stage_key), mesh), indices, tcfg, stage_key, name)
+            variables = train(ctx, ctx.init_variables(stage_key), indices, tcfg, stage_key, name)
         checkpoint.save(path, variables)
         return True
 

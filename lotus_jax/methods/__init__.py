@@ -1,14 +1,22 @@
-"""Unlearning methods, registered by the name used in `config.methods`."""
+"""Unlearning methods, registered by the name used in `config.methods`.
+
+Each method is a module with `unlearn(ctx, original, cfg, key) -> MethodResult` and `default_config()`.
+"""
 
 from __future__ import annotations
+
+from types import ModuleType
+
+import ml_collections as mlc
 
 from lotus_jax.errors import ConfigError
 from lotus_jax.methods import lotus
 from lotus_jax.methods.base import Method, MethodResult
 
-METHODS: dict[str, Method] = {
-    "lotus": lotus.unlearn,
+MODULES: dict[str, ModuleType] = {
+    "lotus": lotus,
 }
+METHODS: dict[str, Method] = {name: mod.unlearn for name, mod in MODULES.items()}
 
 
 def get_method(name: str) -> Method:
@@ -17,4 +25,9 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Method", "MethodResult", "get_method"]
+def default_configs() -> dict[str, mlc.ConfigDict]:
+    """Each method's config section, keyed by its name."""
+    return {name: mod.default_config() for name, mod in MODULES.items()}
+
+
+__all__ = ["METHODS", "MODULES", "Method", "MethodResult", "default_configs", "get_method"]

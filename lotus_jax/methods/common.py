@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 import optax
 from flax.training import train_state
@@ -94,6 +95,13 @@ def kl_divergence(target_logits: jax.Array, logits: jax.Array, mask: jax.Array, 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
+def optimizer_config(name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.0,
+                     schedule: str = "constant", warmup_epochs: float = 0.0, epochs: int = 1) -> mlc.ConfigDict:
+    """The optimizer section of a config, read by `make_optimizer`."""
+    return mlc.ConfigDict(dict(name=name, lr=lr, weight_decay=weight_decay, momentum=momentum, schedule=schedule,
+                               warmup_epochs=warmup_epochs, epochs=epochs))
+
+
 def make_optimizer(opt_cfg, steps_per_epoch: int = 1) -> optax.GradientTransformation:
     """optax optimizer from {name, lr, momentum, weight_decay, schedule, warmup_epochs, epochs}.
 
@@ -154,9 +162,14 @@ class Context:
     splits: Splits
     mesh: Mesh
     eval_fn: Callable
+    init_fn: Callable[[jax.Array], Variables]
     eval_batch_size: int
     seed: int
     log: Log = print
+
+    def init_variables(self, key: jax.Array) -> Variables:
+        """Freshly initialised variables of the model (e.g. Bad Teacher's incompetent teacher), replicated."""
+        return replicate(self.init_fn(key), self.mesh)
 
     @property
     def num_classes(self) -> int:

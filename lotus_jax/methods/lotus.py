@@ -15,12 +15,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 
 from lotus_jax.data import pipeline
 from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (Context, TrainState, Timer, Variables, create_state, forward, make_optimizer, replicate,
-                                      soft_cross_entropy, variables_of)
+from lotus_jax.methods.common import (Context, TrainState, Timer, Variables, create_state, forward, make_optimizer,
+                                      optimizer_config, replicate, soft_cross_entropy, variables_of)
+
+
+def default_config() -> mlc.ConfigDict:
+    """SPEC §3 for ResNet-18 on CIFAR-10: AdamW lr 1e-4, wd 5e-4, 10 epochs, batch 128, alpha 8."""
+    return mlc.ConfigDict(dict(epochs=10, batch_size=128, alpha=8.0, retain_fraction=0.3, stop_threshold=-0.01,
+                               compat=False, optimizer=optimizer_config("adamw", 1e-4, 5e-4)))
 
 
 class LotusState(TrainState):
