@@ -28,7 +28,7 @@ from lotus_jax.errors import ConfigError
 from lotus_jax.methods import METHODS, get_method
 from lotus_jax.methods.common import Context, make_eval_fn
 from lotus_jax.methods.train import train
-from lotus_jax.models import build_model
+from lotus_jax.models import MODEL_NAMES, build_model
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.py"
 STAGES = ("train", "retrain", "unlearn", "evaluate")
@@ -58,6 +58,8 @@ def validate(cfg) -> tuple[list[str], list[str]]:
     """Checks what can be checked before any work starts; returns (stages, methods)."""
     stages = parse_list(cfg.stages, STAGES, "stage")
     methods = parse_list(cfg.methods, sorted(METHODS), "method")
+    if cfg.model.name not in MODEL_NAMES:
+        raise ConfigError(f"unknown model {cfg.model.name!r}; valid: {', '.join(MODEL_NAMES)}")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {cfg.dtype!r}; valid: {', '.join(DTYPES)}")
     if cfg.eval.jsd_form not in evaluate.JSD_FORMS:
@@ -68,26 +70,36 @@ def validate(cfg) -> tuple[list[str], list[str]]:
 
 
 def check_workdir(workdir: Path, cfg) -> None:
-    """Refuses a workdir that holds a run made with a different data/model/training config; else saves it."""
+    """Refuses a workdir whose splits/checkpoints were made with a different data/model/training config.
+
+    Where the data lives (`data.path`, `data.data_dir`) may change between runs.
+    """
     path = workdir / "config.json"
-    current = json.loads(cfg.to_json_best_effort())
-    if path.exists():
-        saved = json.loads(path.read_text())
-        diff = [k for k in RUN_DEFINING if saved.get(k) != current.get(k)]
-        if diff:
-            raise ConfigError(f"{workdir} holds a run made with a different config (section(s) {', '.join(diff)} "
-                             f"differ); use a new --workdir")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
-    tmp.replace(path)
+    if not path.exists() or not ((workdir / "splits.npz").exists() or (workdir / "checkpoints").exists()):
+        return
+    saved, current = json.loads(path.read_text()), json.loads(cfg.to_json_best_effort())
+    for c in (saved, current):
+        for movable in ("path", "data_dir"):
+            c.get("data", {}).pop(movable, None)
+    diff = [k for k in RUN_DEFINING if saved.get(k) != current.get(k)]
+    if diff:
+        raise ConfigError(f"{workdir} holds a run made with a different config (section(s) {', '.join(diff)} "
+                          f"differ); use a new --workdir")
+
+
+def save_config(workdir: Path, cfg) -> None:
+    tmp = workdir / "config.json.tmp"
+    tmp.write_text(json.dumps(json.loads(cfg.to_json_best_effort()), indent=2, sort_keys=True))
+    tmp.replace(workdir / "config.json")
 
 
 def run(cfg, workdir: Path) -> dict[str, Any]:
     """Runs the configured stages in `workdir`; returns the metrics (when evaluated)."""
     stages, methods = validate(cfg)
-    workdir.mkdir(parents=True, exist_ok=True)
     check_workdir(workdir, cfg)
     dataset = load_dataset(cfg.data)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_config(workdir, cfg)
     splits, reused = load_or_make_splits(workdir / "splits.npz", dataset.train.labels, dataset.heldout.labels,
                                          split_settings(cfg.data, cfg.seed), cfg.seed)
     log(f"data: {dataset.name}, {dataset.num_classes} classes, images {dataset.train.image_shape}; splits "
@@ -96,7 +108,10 @@ def run(cfg, workdir: Path) -> dict[str, Any]:
     for name in ("train", "retrain", "lotus"):
         check_batch_size(cfg[name].batch_size, mesh)
     check_batch_size(cfg.eval.batch_size, mesh)
-    model = build_model(cfg.model, dataset.num_classes, DTYPES[cfg.dtype])
+    try:
+        model = build_model(cfg.model, dataset.num_classes, DTYPES[cfg.dtype])
+    except ValueError as e:  # e.g. an unknown ViT variant
+        raise ConfigError(str(e)) from None
     prep = preprocess_from_config(cfg.data, cfg.model)
     dummy = prep(jnp.zeros((1, *dataset.train.image_shape), jnp.uint8))
     init = jax.jit(lambda k: model.init({"params": k}, dummy, train=False))
@@ -195,7 +210,7 @@ def evaluate_all(ctx: Context, workdir: Path, methods: list[str], load, cfg) -> 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    logging.set_verbosity(logging.ERROR)  # orbax and tfds log routine events; ours are printed
     cfg = _CONFIG.value
     workdir = Path(_WORKDIR.value or Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])
                                                                    ).stem.split(":")[0])

@@ -91,12 +91,13 @@ def forget_indices(labels: np.ndarray, settings: dict[str, Any], seed: int) -> t
 
 
 def load_ids(path: str, n: int) -> np.ndarray:
-    """Reads forget ids (one integer per line / whitespace separated, or a .npy) and validates them."""
+    """Reads forget ids (integers separated by whitespace or commas, or a .npy) and validates them."""
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"forget ids file {str(p)!r} does not exist; set --config.data.forget.ids_file")
     try:
-        ids = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, dtype=np.int64, ndmin=1)
+        ids = np.load(p) if p.suffix == ".npy" else np.array(
+            [int(t) for t in p.read_text().replace(",", " ").split()], np.int64)
     except ValueError as e:
         raise DataError(f"forget ids file {str(p)!r} is not a list of integers ({e})") from None
     ids = np.asarray(ids).reshape(-1)

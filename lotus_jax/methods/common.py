@@ -50,9 +50,11 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 def create_state(model: nn.Module, variables: Variables, tx: optax.GradientTransformation, mesh: Mesh,
                  state_cls: type[TrainState] = TrainState, **extra: Any) -> TrainState:
     """A train state (optimizer initialised) for `variables`, replicated over `mesh`."""
-    variables = jax.tree.map(jnp.copy, replicate(variables, mesh))  # own buffers: the step donates them
-    return state_cls.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                            batch_stats=variables.get("batch_stats", {}), **extra)
+    # Own buffers for everything in the state: jitted steps donate it, and the caller keeps its arrays.
+    variables, extra = jax.tree.map(jnp.copy, (variables, extra))
+    state = state_cls.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}), **extra)
+    return replicate(state, mesh)
 
 
 def forward(state: TrainState, params: Any, x: jax.Array, mask: jax.Array, train: bool

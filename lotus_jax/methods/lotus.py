@@ -21,7 +21,7 @@ import numpy as np
 from lotus_jax.data import pipeline
 from lotus_jax.methods.base import MethodResult
 from lotus_jax.methods.common import (Context, TrainState, Timer, Variables, create_state, forward, make_optimizer,
-                                      optimizer_config, replicate, soft_cross_entropy, variables_of)
+                                      optimizer_config, soft_cross_entropy, variables_of)
 
 
 def default_config() -> mlc.ConfigDict:
@@ -116,7 +116,7 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
     flags = np.concatenate([np.ones(len(ctx.splits.forget), np.int32), np.zeros(len(sub), np.int32)])
     acc_u = 0.0 if ctx.splits.class_unlearning else ctx.evaluate(original, "val").accuracy
     state = create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh, LotusState,
-                         teacher=replicate(original, ctx.mesh))
+                         teacher=original)
     step = jax.jit(functools.partial(lotus_step, prep=ctx.prep), donate_argnums=0)
     history: list[dict] = []
     ctx.log(f"[lotus] |D_f|={len(ctx.splits.forget)} |D_r'|={len(sub)} acc_u={acc_u:.4f} alpha={cfg.alpha}")

@@ -15,12 +15,35 @@ NUM_CLASSES = 5
 BLOCKS = [f"layer{stage}_{index}" for stage in range(1, 5) for index in range(2)]
 
 
-def _images(key: jax.Array, n: int = 4, size: int = 8) -> jax.Array:
-    return jax.random.normal(key, (n, size, size, 3), jnp.float32)
+def _normal(seed: int, shape: tuple[int, ...]) -> jax.Array:
+    """Standard-normal float32 test data from numpy (jax.random compiles a kernel per shape on CPU)."""
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def _images(seed: int, n: int = 4, size: int = 8) -> jax.Array:
+    return _normal(seed, (n, size, size, 3))
 
 
 def _init(model: ResNet18, x: jax.Array) -> dict:
-    return jax.jit(lambda inputs: model.init({"params": jax.random.key(0)}, inputs, train=False))(x)
+    """Variables with the model's tree and shapes, filled from numpy's RNG.
+
+    A real ``model.init`` costs ~8 s of XLA compilation on the 2-core test machine (one truncated normal
+    per parameter shape); the tests only need the tree (``jax.eval_shape`` traces the real init) and
+    non-trivial values: kernels N(0, 1/fan_in), BN scales and running variances in [0.5, 1.5], biases and
+    running means N(0, 0.1^2).
+    """
+    shapes = jax.eval_shape(lambda inputs: model.init({"params": jax.random.key(0)}, inputs, train=False), x)
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1])), jnp.float32)
+        if name in ("scale", "var"):
+            return jnp.asarray(rng.uniform(0.5, 1.5, size=leaf.shape), jnp.float32)
+        return jnp.asarray(0.1 * rng.normal(size=leaf.shape), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def _apply(model: ResNet18, variables: dict, x: jax.Array, **kwargs):
@@ -28,19 +51,6 @@ def _apply(model: ResNet18, variables: dict, x: jax.Array, **kwargs):
     if "mutable" in kwargs:
         kwargs["mutable"] = tuple(kwargs["mutable"])
     return jax.jit(model.apply, static_argnames=("train", "mutable"))(variables, x, **kwargs)
-
-
-def _random_batch_stats(variables: dict, key: jax.Array) -> dict:
-    """Non-trivial running statistics (means ~N(0, 0.1), variances in [0.5, 1.5])."""
-    leaves, treedef = jax.tree.flatten_with_path(variables["batch_stats"])
-    keys = jax.random.split(key, len(leaves))
-    new = []
-    for (path, leaf), k in zip(leaves, keys):
-        if path[-1].key == "mean":
-            new.append(0.1 * jax.random.normal(k, leaf.shape))
-        else:
-            new.append(jax.random.uniform(k, leaf.shape, minval=0.5, maxval=1.5))
-    return dict(variables, batch_stats=jax.tree.unflatten(treedef, new))
 
 
 def _reference_forward(variables: dict, x: jax.Array) -> jax.Array:
@@ -71,19 +81,12 @@ def _reference_forward(variables: dict, x: jax.Array) -> jax.Array:
 class ResNetTest(chex.TestCase):
     """Shapes, parameter names, BatchNorm behaviour and graph of ResNet18."""
 
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_output_shape_and_dtype(self):
+    def test_parameter_tree(self):
         model = ResNet18(num_classes=NUM_CLASSES, width=WIDTH)
-        x = _images(jax.random.key(1))
-        variables = _init(model, x)
-        logits = self.variant(lambda v, inputs: model.apply(v, inputs, train=False))(variables, x)
-        chex.assert_shape(logits, (4, NUM_CLASSES))
-        chex.assert_type(logits, jnp.float32)
-        chex.assert_tree_all_finite(logits)
-
-    def test_parameter_tree_names_and_shapes(self):
-        model = ResNet18(num_classes=NUM_CLASSES, width=WIDTH)
-        variables = _init(model, _images(jax.random.key(1)))
+        init = lambda m: jax.eval_shape(  # noqa: E731
+            lambda inputs: m.init({"params": jax.random.key(0)}, inputs, train=False), _images(1)
+        )
+        variables = init(model)
         params = variables["params"]
         self.assertEqual(set(variables), {"params", "batch_stats"})
         self.assertEqual(set(params), {"conv1", "bn1", "fc", *BLOCKS})
@@ -101,48 +104,25 @@ class ResNetTest(chex.TestCase):
         chex.assert_shape(params["fc"]["kernel"], (8 * WIDTH, NUM_CLASSES))
         chex.assert_shape(variables["batch_stats"]["layer3_0"]["bn1"]["var"], (4 * WIDTH,))
         for leaf in jax.tree.leaves(variables):
-            chex.assert_type(leaf, jnp.float32)
+            self.assertEqual(leaf.dtype, jnp.float32)
+        for other in (ResNet18(NUM_CLASSES, WIDTH, small_conv_size=0), ResNet18(NUM_CLASSES, WIDTH, jnp.bfloat16)):
+            chex.assert_trees_all_equal_shapes_and_dtypes(init(other), variables)
 
     def test_eval_graph_matches_independent_reference(self):
+        """12x12 input: stage outputs 6, 3, 2, 1 wide, so both conv paths (lax and shifted matmuls) run."""
         model = ResNet18(num_classes=NUM_CLASSES, width=WIDTH)
-        x = _images(jax.random.key(2), size=12)
-        variables = _random_batch_stats(_init(model, x), jax.random.key(3))
-        variables["params"]["fc"]["bias"] = jnp.arange(NUM_CLASSES, dtype=jnp.float32) / 10
-        chex.assert_trees_all_close(
-            _apply(model, variables, x, train=False), jax.jit(_reference_forward)(variables, x), atol=1e-5, rtol=1e-5
-        )
-
-    def test_train_mode_updates_batch_stats_and_eval_does_not(self):
-        model = ResNet18(num_classes=NUM_CLASSES, width=WIDTH)
-        x = _images(jax.random.key(4)) + 3.0
+        x = _images(2, size=12)
         variables = _init(model, x)
-        chex.assert_trees_all_close(variables["batch_stats"]["bn1"]["mean"], jnp.zeros(WIDTH))
-        _, updated = _apply(model, variables, x, train=True, mutable=["batch_stats"])
-        for old, new in zip(jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(updated["batch_stats"])):
-            self.assertFalse(np.allclose(old, new))
-        _, unchanged = _apply(model, variables, x, train=False, mutable=["batch_stats"])
-        chex.assert_trees_all_equal(unchanged["batch_stats"], variables["batch_stats"])
+        logits = _apply(model, variables, x, train=False)
+        chex.assert_shape(logits, (4, NUM_CLASSES))
+        chex.assert_type(logits, jnp.float32)
+        chex.assert_trees_all_close(logits, jax.jit(_reference_forward)(variables, x), atol=1e-5, rtol=1e-5)
 
-    def test_first_batch_norm_update_by_hand(self):
-        """bn1's new running stats are 0.9 * old + 0.1 * (mean, biased var) of conv1(x) over valid rows."""
+    def test_train_mode_batch_statistics_with_mask(self):
+        """Masked rows (filled with 1e6) change nothing: running stats and valid logits equal a run on the
+        valid rows alone; bn1's update is 0.9 * old + 0.1 * (mean, biased var) of conv1(x_valid), by hand."""
         model = ResNet18(num_classes=NUM_CLASSES, width=WIDTH)
-        x = _images(jax.random.key(5))
-        variables = _init(model, x)
-        mask = jnp.array([True, True, False, True])
-        _, updated = _apply(model, variables, x, train=True, mask=mask, mutable=["batch_stats"])
-        kernel = np.asarray(variables["params"]["conv1"]["kernel"])
-        xpad = np.pad(np.asarray(x)[np.asarray(mask)], ((0, 0), (1, 1), (1, 1), (0, 0)))
-        feats = np.zeros((3, 8, 8, WIDTH))
-        for i in range(3):
-            for j in range(3):
-                feats += xpad[:, i : i + 8, j : j + 8, :] @ kernel[i, j]
-        stats = updated["batch_stats"]["bn1"]
-        chex.assert_trees_all_close(stats["mean"], 0.1 * feats.mean(axis=(0, 1, 2)), atol=1e-5)
-        chex.assert_trees_all_close(stats["var"], 0.9 + 0.1 * feats.var(axis=(0, 1, 2)), atol=1e-5)
-
-    def test_masked_rows_do_not_affect_batch_statistics(self):
-        model = ResNet18(num_classes=NUM_CLASSES, width=WIDTH)
-        x = _images(jax.random.key(6), n=6)
+        x = _images(6, n=6)
         variables = _init(model, x)
         mask = jnp.array([True, False, True, True, False, True])
         poisoned = jnp.where(mask[:, None, None, None], x, 1e6)
@@ -150,30 +130,22 @@ class ResNetTest(chex.TestCase):
         logits_valid, updated_valid = _apply(model, variables, x[mask], train=True, mutable=["batch_stats"])
         chex.assert_trees_all_close(updated["batch_stats"], updated_valid["batch_stats"], atol=1e-5, rtol=1e-5)
         chex.assert_trees_all_close(logits[mask], logits_valid, atol=1e-5, rtol=1e-5)
-        _, updated_unmasked = _apply(model, variables, poisoned, train=True, mutable=["batch_stats"])
-        self.assertFalse(
-            np.allclose(updated_unmasked["batch_stats"]["bn1"]["var"], updated_valid["batch_stats"]["bn1"]["var"])
-        )
+        for old, new in zip(jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(updated["batch_stats"])):
+            self.assertFalse(np.allclose(old, new))
 
-    def test_small_conv_path_gives_same_logits_and_gradients(self):
-        x = _images(jax.random.key(7), size=16)
-        models = [ResNet18(num_classes=NUM_CLASSES, width=WIDTH, small_conv_size=s) for s in (0, 2, 4)]
-        variables = _init(models[0], x)
-        for model in models[1:]:
-            chex.assert_trees_all_equal_shapes(_init(model, x), variables)
-
-        def loss(params, model):
-            return jnp.sum(jnp.sin(model.apply(dict(variables, params=params), x, train=False)))
-
-        grads = [jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], model) for model in models]
-        outs = [_apply(model, variables, x, train=False) for model in models]
-        for out, grad in zip(outs[1:], grads[1:]):
-            chex.assert_trees_all_close(out, outs[0], atol=1e-5, rtol=1e-5)
-            chex.assert_trees_all_close(grad, grads[0], atol=1e-5, rtol=1e-5)
+        kernel = np.asarray(variables["params"]["conv1"]["kernel"])
+        xpad = np.pad(np.asarray(x)[np.asarray(mask)], ((0, 0), (1, 1), (1, 1), (0, 0)))
+        feats = np.zeros((4, 8, 8, WIDTH))
+        for i in range(3):
+            for j in range(3):
+                feats += xpad[:, i : i + 8, j : j + 8, :] @ kernel[i, j]
+        old, stats = variables["batch_stats"]["bn1"], updated["batch_stats"]["bn1"]
+        chex.assert_trees_all_close(stats["mean"], 0.9 * old["mean"] + 0.1 * feats.mean(axis=(0, 1, 2)), atol=1e-5)
+        chex.assert_trees_all_close(stats["var"], 0.9 * old["var"] + 0.1 * feats.var(axis=(0, 1, 2)), atol=1e-5)
 
     def test_bfloat16_compute_keeps_float32_params_and_logits(self):
         model = ResNet18(num_classes=NUM_CLASSES, width=WIDTH, dtype=jnp.bfloat16)
-        x = _images(jax.random.key(8))
+        x = _images(8)
         variables = _init(model, x)
         for leaf in jax.tree.leaves(variables):
             chex.assert_type(leaf, jnp.float32)
@@ -184,45 +156,64 @@ class ResNetTest(chex.TestCase):
             chex.assert_type(leaf, jnp.float32)
 
 
-def _conv_pair(kernel: int, stride: int, pad: int, use_bias: bool) -> tuple[Conv, Conv]:
-    common = dict(
-        features=3, kernel_size=(kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad))
-    )
-    return Conv(small_conv_size=0, use_bias=use_bias, **common), Conv(small_conv_size=100, use_bias=use_bias, **common)
+# (kernel, padding, stride, input height); input width is height + 1, outputs are 1x1 to 3x3.
+SMALL_CASES = [
+    (1, 0, 1, 1),
+    (1, 0, 2, 3),
+    (3, 1, 1, 2),
+    (3, 1, 2, 1),
+    (3, 1, 2, 4),
+    (3, 0, 2, 5),
+]
 
 
-class ConvTest(parameterized.TestCase):
+class ConvTest(chex.TestCase):
     """The shifted-matmul path computes the same function, parameters and gradients as lax conv."""
 
-    @parameterized.product(
-        kernel_pad=[(1, 0), (3, 1), (3, 0)], stride=[1, 2], size=[1, 2, 3, 5]
-    )
-    def test_small_path_matches_lax(self, kernel_pad, stride, size):
-        kernel, pad = kernel_pad
-        if size + 2 * pad < kernel:
-            self.skipTest("empty output")
-        lax_conv, small_conv = _conv_pair(kernel, stride, pad, use_bias=True)
-        x = jax.random.normal(jax.random.key(size), (2, size, size + 1, 4))
-        variables = lax_conv.init(jax.random.key(1), x)
-        variables["params"]["bias"] = jnp.array([0.5, -1.0, 2.0])
-        chex.assert_trees_all_equal_shapes(small_conv.init(jax.random.key(1), x), variables)
-        self.assertNotIn("conv_general_dilated", str(jax.make_jaxpr(lambda v: small_conv.apply(v, x))(variables)))
-        out = small_conv.apply(variables, x)
-        chex.assert_trees_all_close(out, lax_conv.apply(variables, x), atol=1e-5, rtol=1e-5)
+    @parameterized.parameters(*SMALL_CASES)
+    def test_small_path_matches_lax(self, kernel, pad, stride, size):
+        common = dict(
+            features=3,
+            kernel_size=(kernel, kernel),
+            strides=(stride, stride),
+            padding=((pad, pad), (pad, pad)),
+            use_bias=True,
+        )
+        lax_conv, small_conv = Conv(small_conv_size=0, **common), Conv(small_conv_size=8, **common)
+        x = _normal(size, (2, size, size + 1, 4))
+        variables = jax.eval_shape(lambda inputs: lax_conv.init(jax.random.key(1), inputs), x)
+        chex.assert_trees_all_equal_shapes_and_dtypes(
+            jax.eval_shape(lambda inputs: small_conv.init(jax.random.key(1), inputs), x), variables
+        )
+        variables = {
+            "params": {
+                "kernel": _normal(2, variables["params"]["kernel"].shape),
+                "bias": jnp.array([0.5, -1.0, 2.0]),
+            }
+        }
+        self.assertNotIn("conv_general_dilated", str(jax.make_jaxpr(small_conv.apply)(variables, x)))
+        self.assertIn("conv_general_dilated", str(jax.make_jaxpr(lax_conv.apply)(variables, x)))
 
-        def loss(conv, v, inputs):
-            return jnp.sum(jnp.sin(conv.apply(v, inputs)))
+        @jax.jit
+        def outputs_and_grads(v, inputs):
+            results = []
+            for conv in (small_conv, lax_conv):
+                out = conv.apply(v, inputs)
+                grads = jax.grad(lambda w, z: jnp.sum(jnp.sin(conv.apply(w, z))), argnums=(0, 1))(v, inputs)
+                results.append((out, grads))
+            return results
 
-        grads = jax.grad(lambda v, inputs: loss(small_conv, v, inputs), argnums=(0, 1))(variables, x)
-        grads_lax = jax.grad(lambda v, inputs: loss(lax_conv, v, inputs), argnums=(0, 1))(variables, x)
-        chex.assert_trees_all_close(grads, grads_lax, atol=1e-5, rtol=1e-5)
+        small, reference = outputs_and_grads(variables, x)
+        chex.assert_shape(small[0], reference[0].shape)
+        chex.assert_trees_all_close(small, reference, atol=1e-5, rtol=1e-5)
 
+    @chex.variants(with_jit=True, without_jit=True)
     def test_torch_padding_semantics_by_hand(self):
         """stride 2, pad 1, 3x3 on 6x6: out[a, b] = sum_ij xpad[2a + i, 2b + j] @ k[i, j] (no SAME shift)."""
         for small in (0, 100):
             conv = Conv(features=2, kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), small_conv_size=small)
-            x = jax.random.normal(jax.random.key(3), (1, 6, 6, 2))
-            variables = conv.init(jax.random.key(4), x)
+            x = _normal(3, (1, 6, 6, 2))
+            variables = {"params": {"kernel": _normal(4, (3, 3, 2, 2))}}
             k = np.asarray(variables["params"]["kernel"])
             xpad = np.pad(np.asarray(x)[0], ((1, 1), (1, 1), (0, 0)))
             expected = np.zeros((3, 3, 2))
@@ -231,18 +222,7 @@ class ConvTest(parameterized.TestCase):
                     for i in range(3):
                         for j in range(3):
                             expected[a, b] += xpad[2 * a + i, 2 * b + j] @ k[i, j]
-            chex.assert_trees_all_close(conv.apply(variables, x)[0], expected, atol=1e-5)
-
-    def test_bfloat16_small_path_accumulates_in_float32(self):
-        conv = Conv(features=8, kernel_size=(3, 3), padding=((1, 1), (1, 1)), dtype=jnp.bfloat16, small_conv_size=2)
-        x = jax.random.normal(jax.random.key(5), (2, 2, 2, 16))
-        variables = conv.init(jax.random.key(6), x)
-        out = conv.apply(variables, x)
-        chex.assert_type(out, jnp.bfloat16)
-        reference = Conv(features=8, kernel_size=(3, 3), padding=((1, 1), (1, 1)), small_conv_size=0).apply(
-            variables, x.astype(jnp.bfloat16).astype(jnp.float32)
-        )
-        chex.assert_trees_all_close(out.astype(jnp.float32), reference, atol=5e-2, rtol=5e-2)
+            chex.assert_trees_all_close(self.variant(conv.apply)(variables, x)[0], expected, atol=1e-5)
 
 
 def test_build_model_resnet18():

@@ -1,0 +1,229 @@
+"""LoTUS: targets, loss, temperature and stopping rule against hand-computed values and textbook
+identities; the jitted step (no recompiles, sharded == single device); the driver on a tiny problem."""
+
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import optax
+import pytest
+from scipy import integrate
+
+from lotus_jax.data import make_mesh, to_device
+from lotus_jax.methods import lotus
+from lotus_jax.methods.common import create_state, soft_cross_entropy, variables_of
+from tests.methods.helpers import TinyCNN
+
+
+class TargetsTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_retain_targets_are_one_hot_samples_of_softmax(self):
+        z = jnp.array([[2.0, 0.5, -1.0, 0.0]])
+        n = 100_000
+        fn = self.variant(lambda k: lotus.retain_targets(jnp.tile(z, (n, 1)), k))
+        t = np.asarray(fn(jax.random.key(0)))
+        np.testing.assert_array_equal(t.sum(1), 1.0)
+        self.assertTrue(set(np.unique(t)) <= {0.0, 1.0})
+        freq = t.mean(0)
+        p = np.asarray(jax.nn.softmax(z[0]))
+        # Binomial standard error; 5 sigma.
+        np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / n) + 1e-12)
+
+    def test_retain_target_is_a_sample_not_the_argmax(self):
+        z = jnp.tile(jnp.array([[1.0, 0.9]]), (10_000, 1))
+        t = np.asarray(lotus.retain_targets(z, jax.random.key(1)))
+        self.assertGreater(t[:, 1].mean(), 0.4)  # softmax gives class 1 about 47.5%
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_forget_targets_mean_matches_expectation_two_classes(self):
+        # For 2 classes, target_0 = sigmoid((d + L) / tau) with d = z0 - z1 and L = g0 - g1 ~ Logistic(0, 1).
+        d, tau, n = 1.3, 2.5, 200_000
+        expected, _ = integrate.quad(
+            lambda l: 1 / (1 + math.exp(-(d + l) / tau)) * math.exp(-l) / (1 + math.exp(-l)) ** 2, -60, 60)
+        z = jnp.tile(jnp.array([[d, 0.0]]), (n, 1))
+        t = np.asarray(self.variant(lotus.forget_targets)(z, jnp.float32(tau), jax.random.key(2)))
+        np.testing.assert_allclose(t.sum(1), 1.0, rtol=1e-5)
+        se = t[:, 0].std() / math.sqrt(n)
+        self.assertLess(abs(t[:, 0].mean() - expected), 5 * se)
+
+    def test_forget_targets_limits(self):
+        z = jnp.tile(jnp.array([[3.0, 1.0, 0.0]]), (50_000, 1))
+        key = jax.random.key(3)
+        cold = np.asarray(lotus.forget_targets(z, jnp.float32(1e-3), key))
+        # tau -> 0: one-hot Gumbel-max samples (but for near-ties), frequencies = softmax(z).
+        self.assertGreater(np.mean(cold.max(1) > 0.999), 0.99)
+        np.testing.assert_allclose(cold.mean(0), jax.nn.softmax(z[0]), atol=0.01)
+        hot = np.asarray(lotus.forget_targets(z, jnp.float32(1e4), key))
+        np.testing.assert_allclose(hot, 1 / 3, atol=1e-2)  # tau -> inf: uniform
+
+    def test_lotus_targets_select_by_flag_with_independent_draws(self):
+        z = jnp.array([[5.0, 0.0], [5.0, 0.0], [0.0, 0.0]])
+        flag = jnp.array([1, 0, 0])
+        key = jax.random.key(4)
+        t = lotus.lotus_targets(z, flag, jnp.float32(1.0), key)
+        kf, kr = jax.random.split(key)
+        np.testing.assert_allclose(t[0], lotus.forget_targets(z, jnp.float32(1.0), kf)[0])
+        np.testing.assert_allclose(t[1:], lotus.retain_targets(z, kr)[1:])
+
+
+def test_soft_cross_entropy_hand_computed():
+    logits = jnp.array([[0.0, math.log(3.0)], [1.0, 1.0], [9.0, -9.0]])
+    targets = jnp.array([[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]])
+    mask = jnp.array([True, True, False])
+    # Row 0: p = (1/4, 3/4): -(0.5 ln 1/4 + 0.5 ln 3/4). Row 1: ln 2. Row 2 is padding.
+    row0 = -(0.5 * math.log(0.25) + 0.5 * math.log(0.75))
+    expected = (row0 + math.log(2.0)) / 2
+    np.testing.assert_allclose(soft_cross_entropy(logits, targets, mask), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("acc_f,acc_u,alpha,decimals,tau", [
+    (1.0, 0.9, 8.0, None, math.exp(0.8)),
+    (0.93, 0.93, 2.0, None, 1.0),
+    (0.8, 0.9, 2.0, None, math.exp(-0.2)),
+    (0.996, 0.904, 8.0, 2, math.exp(8 * 0.10)),  # compat: rounded to 1.00 and 0.90
+])
+def test_temperature(acc_f, acc_u, alpha, decimals, tau):
+    assert lotus.temperature(acc_f, acc_u, alpha, decimals) == pytest.approx(tau, rel=1e-12)
+
+
+@pytest.mark.parametrize("acc_f,acc_u,decimals,stop", [
+    (0.90, 0.91, None, True),     # d = -0.01: stops (<=)
+    (0.901, 0.91, None, False),   # d = -0.009
+    (0.904, 0.914, None, True),   # d = -0.01 up to float error
+    (0.904, 0.912, 2, True),      # compat: 0.90 - 0.91
+    (0.904, 0.912, None, False),  # full precision: -0.008
+    (1.0, 0.5, None, False),
+])
+def test_stopping_rule(acc_f, acc_u, decimals, stop):
+    assert lotus.should_stop(acc_f, acc_u, -0.01, decimals) is stop
+    assert lotus.should_stop(acc_f, acc_u, None, decimals) is False
+
+
+def test_retain_subset_is_seeded_sorted_and_sized():
+    retain = np.arange(100, 1100)
+    a = lotus.retain_subset(retain, 0.3, seed=1)
+    assert len(a) == 300 and np.all(np.diff(a) > 0) and set(a) <= set(retain)
+    np.testing.assert_array_equal(a, lotus.retain_subset(retain, 0.3, seed=1))
+    assert not np.array_equal(a, lotus.retain_subset(retain, 0.3, seed=2))
+
+
+def _state_and_batch(mesh, tx, n=16):
+    model = TinyCNN(10)
+    variables = jax.jit(lambda k: model.init({"params": k}, jnp.zeros((1, 8, 8, 1)), train=False))(
+        jax.random.key(0))
+    state = create_state(model, variables, tx, mesh, lotus.LotusState, teacher=variables)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8),
+             "label": rng.integers(0, 10, n).astype(np.int32),
+             "mask": np.arange(n) < n - 3, "forget": (np.arange(n) % 3 == 0).astype(np.int32)}
+    return state, to_device(batch, mesh)
+
+
+def _prep(images):
+    return (images.astype(jnp.float32) / 255.0 - 0.3) / 0.4
+
+
+def test_step_does_not_recompile_for_new_temperature():
+    mesh = make_mesh(1)
+    state, batch = _state_and_batch(mesh, optax.adamw(1e-3, weight_decay=5e-4))
+    step = jax.jit(functools.partial(lotus.lotus_step, prep=_prep))
+    s1, m1 = step(state, batch, jnp.float32(1.0), jax.random.key(0))
+    s2, m2 = step(s1, batch, jnp.float32(3.7), jax.random.key(1))
+    assert step._cache_size() == 1
+    assert np.isfinite(float(m1["loss"])) and np.isfinite(float(m2["loss"]))
+    # The teacher never moves; the student does.
+    chex.assert_trees_all_equal(s2.teacher, state.teacher)
+    assert not np.allclose(jax.tree.leaves(s2.params)[0], jax.tree.leaves(state.params)[0])
+
+
+def test_step_matches_manual_computation():
+    """Loss of the step = soft CE of student logits (train-mode BN on valid rows) vs lotus_targets."""
+    mesh = make_mesh(1)
+    state, batch = _state_and_batch(mesh, optax.sgd(0.1))
+    key, tau = jax.random.key(5), jnp.float32(2.0)
+    _, metrics = jax.jit(functools.partial(lotus.lotus_step, prep=_prep))(state, batch, tau, key)
+    x = _prep(batch["image"])
+    z = state.apply_fn(state.teacher, x, train=False)
+    targets = lotus.lotus_targets(z, batch["forget"], tau, key)
+    logits, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=True,
+                               mask=batch["mask"], mutable=["batch_stats"])
+    np.testing.assert_allclose(metrics["loss"], soft_cross_entropy(logits, targets, batch["mask"]), rtol=1e-5)
+
+
+def test_step_on_8_devices_equals_single_device():
+    assert len(jax.devices()) >= 8
+    results = []
+    for n in (1, 8):
+        mesh = make_mesh(n)
+        state, batch = _state_and_batch(mesh, optax.sgd(0.05), n=16)
+        step = jax.jit(functools.partial(lotus.lotus_step, prep=_prep))
+        state, m = step(state, batch, jnp.float32(1.5), jax.random.key(7))
+        state, m = step(state, batch, jnp.float32(1.5), jax.random.key(8))
+        results.append((jax.device_get(variables_of(state)), float(m["loss"])))
+    chex.assert_trees_all_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
+
+
+def _cfg(**kw):
+    cfg = lotus.default_config()
+    cfg.update(dict(epochs=4, batch_size=64, alpha=8.0))
+    cfg.optimizer.lr = 1e-3
+    cfg.update(kw)
+    return cfg
+
+
+def test_driver_history_follows_the_temperature_rule(problem):
+    ctx, original = problem
+    lines = []
+    ctx_log = ctx.log
+    ctx.log = lines.append
+    try:
+        res = lotus.unlearn(ctx, original, _cfg(), jax.random.key(0))
+    finally:
+        ctx.log = ctx_log
+    acc_u = res.extra["acc_u"]
+    np.testing.assert_allclose(acc_u, ctx.evaluate(original, "val").accuracy)
+    assert res.history and res.time_s > 0
+    for h in res.history:
+        if h["stopped"]:
+            assert h["acc_f"] - acc_u <= -0.01 + 1e-9
+        else:
+            assert h["tau"] == pytest.approx(math.exp(8.0 * (h["acc_f"] - acc_u)))
+            assert np.isfinite(h["loss"])
+    # The first epoch's acc_f is the original model's forget accuracy.
+    np.testing.assert_allclose(res.history[0]["acc_f"], ctx.evaluate(original, "forget").accuracy)
+    assert any("acc_f" in line and "tau" in line for line in lines)
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), res.variables["params"], original["params"])
+    assert any(jax.tree.leaves(changed))
+
+
+def test_driver_lowers_forget_accuracy_in_class_unlearning(class_problem):
+    ctx, original = class_problem
+    before = ctx.evaluate(original, "forget").accuracy
+    res = lotus.unlearn(ctx, original, _cfg(alpha=32.0, epochs=3), jax.random.key(0))
+    assert res.extra["acc_u"] == 0.0
+    after = ctx.evaluate(res.variables, "forget").accuracy
+    assert before > 0.95 and after < before - 0.2
+    assert ctx.evaluate(res.variables, "retain").accuracy > 0.85
+
+
+def test_driver_stops_immediately_when_forget_accuracy_is_already_low(problem):
+    ctx, original = problem
+    res = lotus.unlearn(ctx, original, _cfg(stop_threshold=2.0), jax.random.key(0))
+    assert len(res.history) == 1 and res.history[0]["stopped"]
+    chex.assert_trees_all_equal(jax.device_get(res.variables), jax.device_get(original))
+
+
+def test_driver_is_deterministic(problem):
+    ctx, original = problem
+    a = lotus.unlearn(ctx, original, _cfg(epochs=2), jax.random.key(3))
+    b = lotus.unlearn(ctx, original, _cfg(epochs=2), jax.random.key(3))
+    chex.assert_trees_all_equal(jax.device_get(a.variables), jax.device_get(b.variables))
+    c = lotus.unlearn(ctx, original, _cfg(epochs=2), jax.random.key(4))
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, jax.device_get(a.variables),
+                                                jax.device_get(c.variables))))

@@ -1,0 +1,109 @@
+"""End to end: `main` on a tiny digits config writes metrics.json and report.md, reruns skip finished
+stages, and bad input fails with one line and exit code 1 without touching what the workdir holds."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from pathlib import Path
+
+from configs.default import get_config
+from lotus_jax import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config():
+    c = get_config()
+    c.model.width = 4
+    for stage in ("train", "retrain"):
+        c[stage].epochs = 3
+    c.lotus.epochs = 2
+    c.lotus.batch_size = 64
+    return c
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    metrics = main.run(tiny_config(), workdir)
+    return workdir, metrics
+
+
+def test_run_writes_metrics_and_report(finished_run):
+    workdir, metrics = finished_run
+    saved = json.loads((workdir / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    models = saved["models"]
+    assert set(models) == {"original", "gold", "lotus"}
+    for name, m in models.items():
+        for key in ("acc_forget", "acc_retain", "acc_val", "acc_test", "mia", "rf_jsd", "jsd", "avg_gap"):
+            assert 0.0 <= m[key] <= 1.0, (name, key)
+    assert models["gold"]["avg_gap"] == 0.0 and models["gold"]["jsd"] == pytest.approx(0.0, abs=1e-6)
+    assert models["lotus"]["time_s"] > 0 and "time_s" not in models["original"]
+    assert saved["jsd_form"] == "textbook"
+    report = (workdir / "report.md").read_text()
+    assert "| lotus |" in report and "textbook JSD" in report and "Avg Gap" in report
+    for f in ("config.json", "splits.npz", "stats/original.npz", "stats/lotus.npz", "results/lotus.json"):
+        assert (workdir / f).exists(), f
+    for ck in ("original", "gold", "lotus"):
+        assert (workdir / "checkpoints" / ck / "_CHECKPOINT_METADATA").exists()
+
+
+def test_rerun_skips_finished_stages_and_reproduces_metrics(finished_run, capsys):
+    workdir, metrics = finished_run
+    again = main.run(tiny_config(), workdir)
+    out = capsys.readouterr().out
+    assert "[original] checkpoint found" in out and "[lotus] checkpoint found: skipping" in out
+    assert "(reused)" in out
+    assert json.loads(json.dumps(again)) == json.loads(json.dumps(metrics))
+
+
+def test_report_module_regenerates_report(finished_run):
+    workdir, _ = finished_run
+    before = (workdir / "report.md").read_text()
+    (workdir / "report.md").unlink()
+    r = subprocess.run([sys.executable, "-m", "lotus_jax.report", str(workdir)], capture_output=True, text=True)
+    assert r.returncode == 0 and (workdir / "report.md").read_text() == before
+
+
+def _main(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "lotus_jax.main", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.methods=lotus,forgetful", "unknown method ['forgetful']"),
+    ("--config.stages=train,deploy", "unknown stage ['deploy']"),
+    ("--config.data.forget.fraction=1.5", "forget fraction 1.5 is outside (0, 1)"),
+    ("--config.data.source=folder", "data.source=folder needs --config.data.path"),
+    ("--config.model.name=vgg", "unknown model 'vgg'"),
+])
+def test_bad_input_is_one_line_and_keeps_the_workdir(finished_run, override, message, tmp_path):
+    workdir, _ = finished_run
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    r = _main(f"--workdir={tmp_path / 'w'}", override)
+    assert r.returncode == 1, r.stderr
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and message in err[0], r.stderr
+    after = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_workdir_with_another_config_is_refused(finished_run):
+    workdir, _ = finished_run
+    r = _main(f"--workdir={workdir}", "--config.model.width=5")
+    assert r.returncode == 1 and "different config" in r.stderr and "model" in r.stderr
+
+
+def test_config_typo_fails():
+    r = _main("--config.lotus.alhpa=3")
+    assert r.returncode != 0 and "alhpa" in r.stderr
+
+
+def test_imagenet_without_prepared_dataset_fails_fast_with_instructions(tmp_path):
+    r = _main(f"--config={ROOT / 'configs/imagenet.py'}", f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path}")
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(err) == 1, r.stderr
+    assert "imagenet2012" in err[0] and "manual_dir" in err[0]
