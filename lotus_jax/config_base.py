@@ -13,13 +13,15 @@ from lotus_jax.methods import default_configs
 from lotus_jax.methods.common import optimizer_config
 
 ALL_STAGES = "train,retrain,unlearn,evaluate"
+ALL_METHODS = "lotus,finetune,neggrad_plus,random_labels,bad_teacher,scrub,ssd,unsir,salun"
 
 
 def base_config() -> mlc.ConfigDict:
     c = mlc.ConfigDict()
     c.seed = 3407
+    c.seeds = ""  # e.g. "3407,13,12": the whole comparison per seed, reported as mean ± std
     c.stages = ALL_STAGES
-    c.methods = "lotus"
+    c.methods = ALL_METHODS
     c.dtype = "float32"
     c.compat = False  # reproduce the reference code's rounding and JSD form (SPEC §4)
     c.original_checkpoint = placeholder(str)  # start from this orbax checkpoint instead of training

@@ -56,7 +56,7 @@ def _unseen_sums(stats: dict[str, SplitStats], unseen: str) -> tuple[np.ndarray,
 
 def model_metrics(stats: dict[str, SplitStats], original: dict[str, SplitStats],
                   gold: dict[str, SplitStats] | None, *, form: str = "textbook", rf_unseen: str = "val",
-                  decimals: int | None = None, seed: int = 0) -> dict[str, Any]:
+                  seed: int = 0) -> dict[str, Any]:
     """Metrics of one model: accuracies, MIA, RF-JSD (vs the original model on unseen data), and JSD and
     Avg Gap against the gold model when there is one. Both JSD forms are stored; `jsd`/`rf_jsd` hold `form`.
     """
@@ -84,11 +84,34 @@ def summarize(all_stats: dict[str, dict[str, SplitStats]], times: dict[str, floa
     gold = all_stats.get("gold")
     models: dict[str, dict[str, Any]] = {}
     for name, stats in all_stats.items():
-        models[name] = model_metrics(stats, all_stats["original"], gold, form=form, rf_unseen=rf_unseen,
-                                     decimals=decimals, seed=seed)
+        models[name] = model_metrics(stats, all_stats["original"], gold, form=form, rf_unseen=rf_unseen, seed=seed)
         if name in times:
             models[name]["time_s"] = float(times[name])
     if "gold" in models:
         for name, m in models.items():
             m["avg_gap"] = avg_gap(m, models["gold"], decimals=decimals)
     return {"jsd_form": form, "rf_jsd_unseen": rf_unseen, "compat": compat, "models": models}
+
+
+def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation (`<key>_std`, ddof=0) over seeds of every numeric metric of each model.
+
+    A model that failed under any seed is reported as failed (with the first reason).
+    """
+    runs = list(per_seed.values())
+    models: dict[str, dict[str, Any]] = {}
+    for name in runs[0]["models"]:
+        entries = [r["models"].get(name, {"failed": "missing"}) for r in runs]
+        failed = [e["failed"] for e in entries if e.get("failed")]
+        if failed:
+            models[name] = {"failed": failed[0]}
+            continue
+        keys = [k for k, v in entries[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        models[name] = {}
+        for k in keys:
+            vals = np.array([e[k] for e in entries], np.float64)
+            models[name][k] = float(vals.mean())
+            models[name][f"{k}_std"] = float(vals.std())
+    first = runs[0]
+    return {"jsd_form": first["jsd_form"], "rf_jsd_unseen": first["rf_jsd_unseen"], "compat": first["compat"],
+            "seeds": list(per_seed), "models": models}

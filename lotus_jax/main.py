@@ -105,9 +105,9 @@ def run(cfg, workdir: Path) -> dict[str, Any]:
     log(f"data: {dataset.name}, {dataset.num_classes} classes, images {dataset.train.image_shape}; splits "
         f"{splits.sizes()}{' (reused)' if reused else ''}")
     mesh = make_mesh(cfg.mesh.data)
-    for name in ("train", "retrain", "lotus"):
-        check_batch_size(cfg[name].batch_size, mesh)
-    check_batch_size(cfg.eval.batch_size, mesh)
+    for name in ("train", "retrain", "eval", *methods):
+        if cfg[name].get("batch_size") is not None:
+            check_batch_size(cfg[name].batch_size, mesh)
     try:
         model = build_model(cfg.model, dataset.num_classes, DTYPES[cfg.dtype])
     except ValueError as e:  # e.g. an unknown ViT variant
@@ -157,20 +157,33 @@ def run(cfg, workdir: Path) -> dict[str, Any]:
             if checkpoint.exists(ckdir / name) and (results_dir / f"{name}.json").exists():
                 log(f"[{name}] checkpoint found: skipping")
                 continue
-            result = get_method(name)(ctx, original, cfg[name], jax.random.fold_in(key, 100 + i))
-            finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(result.variables))
-            record = {"time_s": result.time_s, "history": result.history, **result.extra}
-            if not finite:
-                record["failed"] = "non-finite parameters after unlearning"
-                log(f"[{name}] failed: {record['failed']}")
-            else:
-                checkpoint.save(ckdir / name, result.variables)
-                log(f"[{name}] done in {result.time_s:.1f}s")
+            record = run_method(ctx, name, original, cfg[name], jax.random.fold_in(key, 100 + i), ckdir / name)
             (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
     metrics: dict[str, Any] = {}
     if "evaluate" in stages:
         metrics = evaluate_all(ctx, workdir, methods, load, cfg)
     return metrics
+
+
+def run_method(ctx: Context, name: str, original: dict, mcfg, key: jax.Array, ckpt: Path) -> dict[str, Any]:
+    """Runs one method and saves its checkpoint; a method that raises or ends with non-finite parameters
+    is recorded as failed with its reason, so the other methods still run and are reported."""
+    try:
+        result = get_method(name)(ctx, original, mcfg, key)
+    except ConfigError:
+        raise
+    except Exception as e:  # a failing method must not take the comparison down with it
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log(f"[{name}] failed: {reason}")
+        return {"failed": reason}
+    record = {"time_s": result.time_s, "history": result.history, **result.extra}
+    if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(result.variables)):
+        record["failed"] = "non-finite parameters after unlearning (diverged)"
+        log(f"[{name}] failed: {record['failed']}")
+        return record
+    checkpoint.save(ckpt, result.variables)
+    log(f"[{name}] done in {result.time_s:.1f}s")
+    return record
 
 
 def evaluate_all(ctx: Context, workdir: Path, methods: list[str], load, cfg) -> dict[str, Any]:
@@ -198,12 +211,37 @@ def evaluate_all(ctx: Context, workdir: Path, methods: list[str], load, cfg) -> 
                                  compat=cfg.compat, seed=cfg.seed)
     for name, reason in failed.items():
         metrics["models"][name] = {"failed": reason}
+    write_metrics(workdir, metrics)
+    return metrics
+
+
+def write_metrics(workdir: Path, metrics: dict[str, Any]) -> None:
+    """metrics.json (atomically), then report.md and figures; prints the table."""
     tmp = workdir / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     tmp.replace(workdir / "metrics.json")
     report.write(workdir)
     log("\n" + report.table(metrics) + "\n")
     log(f"wrote {workdir / 'metrics.json'} and {workdir / 'report.md'}")
+
+
+def run_seeds(cfg, workdir: Path) -> dict[str, Any]:
+    """The whole comparison once per seed of `cfg.seeds` (in `workdir/seed_<s>`), then mean ± std."""
+    try:
+        seeds = [int(s) for s in str(cfg.seeds).split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"seeds must be comma-separated integers, got {cfg.seeds!r}") from None
+    validate(cfg)
+    per_seed = {}
+    for s in seeds:
+        c = cfg.copy_and_resolve_references()
+        c.seed, c.seeds = s, ""
+        log(f"=== seed {s} ===")
+        per_seed[s] = run(c, workdir / f"seed_{s}")
+    if not all(per_seed.values()):
+        return {}
+    metrics = evaluate.aggregate(per_seed)
+    write_metrics(workdir, metrics)
     return metrics
 
 
@@ -215,7 +253,10 @@ def main(argv: list[str]) -> None:
     workdir = Path(_WORKDIR.value or Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])
                                                                    ).stem.split(":")[0])
     try:
-        run(cfg, workdir)
+        if cfg.seeds:
+            run_seeds(cfg, workdir)
+        else:
+            run(cfg, workdir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -61,15 +61,18 @@ def table(metrics: dict[str, Any]) -> str:
             if not isinstance(v, (int, float)):
                 cells.append("—")
                 continue
-            text = f"{v * scale:.2f}" if key in ("jsd", "rf_jsd", "time_s") else f"{v * scale:.4f}"
+            fmt = ".2f" if key in ("jsd", "rf_jsd", "time_s") else ".4f"
+            text = format(v * scale, fmt)
+            if isinstance(m.get(f"{key}_std"), (int, float)):
+                text += " ± " + format(m[f"{key}_std"] * scale, fmt)
             cells.append(f"**{text}**" if name in best[key] else text)
         status = "" if not models[name].get("failed") else f" (failed: {models[name]['failed']})"
         lines.append(f"| {name}{status} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def render(metrics: dict[str, Any], config_text: str | None = None) -> str:
-    """The whole `report.md`."""
+def render(metrics: dict[str, Any], config_text: str | None = None, figures: list[tuple[str, str]] = ()) -> str:
+    """The whole `report.md`; `figures` are (file name, caption) pairs embedded after the table."""
     form = metrics.get("jsd_form", "textbook")
     form_text = ("textbook JSD (0.5·KL(p‖m) + 0.5·KL(q‖m), bounded by ln 2)" if form == "textbook" else
                  "the reference code's `compat` JSD form (reversed KL, divided by the number of rows), the form "
@@ -82,6 +85,10 @@ def render(metrics: dict[str, Any], config_text: str | None = None) -> str:
         "Avg Gap is the mean absolute difference to the gold model over MIA and forget/retain/test accuracy "
         "(lower is better). Bold: best unlearned model per column (closest to gold for MIA and accuracies).",
     ]
+    if metrics.get("seeds"):
+        parts += ["", f"Mean ± standard deviation over seeds {', '.join(map(str, metrics['seeds']))}."]
+    for file, caption in figures:
+        parts += ["", f"![{caption}]({file})", "", f"*{caption}*"]
     if metrics.get("compat"):
         parts += ["", "compat mode: accuracies and MIA rounded to 2 decimals before gaps and temperatures."]
     if config_text:
@@ -90,15 +97,21 @@ def render(metrics: dict[str, Any], config_text: str | None = None) -> str:
 
 
 def write(workdir: Path) -> Path:
-    """Regenerates `report.md` in `workdir` from its `metrics.json` (and `config.json` when present)."""
+    """Regenerates `report.md` and its figures in `workdir` from saved files only: `metrics.json`, and
+    where present `config.json`, `results/*.json` (per-epoch histories) and `stats/*.npz` (entropies)."""
+    from lotus_jax import figures
+
     workdir = Path(workdir)
     metrics_path = workdir / "metrics.json"
     if not metrics_path.exists():
         raise FileNotFoundError(f"{metrics_path} does not exist; run the evaluate stage first")
     metrics = json.loads(metrics_path.read_text())
     cfg = workdir / "config.json"
+    made = figures.write_all(workdir, metrics)
     out = workdir / "report.md"
-    out.write_text(render(metrics, cfg.read_text() if cfg.exists() else None))
+    tmp = workdir / "report.md.tmp"
+    tmp.write_text(render(metrics, cfg.read_text() if cfg.exists() else None, made))
+    tmp.replace(out)
     return out
 
 

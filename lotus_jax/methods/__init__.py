@@ -10,11 +10,20 @@ from types import ModuleType
 import ml_collections as mlc
 
 from lotus_jax.errors import ConfigError
-from lotus_jax.methods import lotus
+from lotus_jax.methods import (bad_teacher, finetune, lotus, neggrad_plus, random_labels, salun, scrub, ssd,
+                               unsir)
 from lotus_jax.methods.base import Method, MethodResult
 
 MODULES: dict[str, ModuleType] = {
     "lotus": lotus,
+    "finetune": finetune,
+    "neggrad_plus": neggrad_plus,
+    "random_labels": random_labels,
+    "bad_teacher": bad_teacher,
+    "scrub": scrub,
+    "ssd": ssd,
+    "unsir": unsir,
+    "salun": salun,
 }
 METHODS: dict[str, Method] = {name: mod.unlearn for name, mod in MODULES.items()}
 
