@@ -38,6 +38,8 @@ def base_config() -> mlc.ConfigDict:
     c.data.channels = placeholder(int)
     c.data.image_size = placeholder(int)  # resize on load (folder/tfds sources)
     c.data.val_fraction = 0.5
+    c.data.train_per_class = placeholder(int)  # keep only the first N training images of each class
+    c.data.heldout_per_class = placeholder(int)
     c.data.mean = (0.5,)
     c.data.std = (0.5,)
     c.data.augment = "none"  # none | crop | crop_flip: original/gold training only

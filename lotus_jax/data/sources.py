@@ -247,8 +247,51 @@ def tfds_dataset(
     return Dataset(name, source(train_split), source(heldout_split), num_classes=len(class_names))
 
 
+@dataclasses.dataclass(frozen=True)
+class SubsetSource:
+    """The examples `indices` of another source, re-indexed from 0."""
+
+    base: Source
+    indices: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.base.labels[self.indices]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.base.class_names
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.base.image_shape
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        return self.base.get(self.indices[np.asarray(indices)])
+
+
+def per_class_subset(source: Source, per_class: int) -> Source:
+    """The first `per_class` examples of each class (in source order): a fixed, smaller version of a dataset
+    for CPU-sized experiments. The run's seed still decides the forget set inside it."""
+    keep = np.concatenate([np.flatnonzero(source.labels == c)[:per_class] for c in np.unique(source.labels)])
+    return SubsetSource(source, np.sort(keep))
+
+
 def load_dataset(data_cfg) -> Dataset:
-    """Builds the dataset named by `data_cfg.source` ('digits' | 'folder' | 'tfds')."""
+    """Builds the dataset named by `data_cfg.source` ('digits' | 'folder' | 'tfds'), optionally reduced to
+    `data_cfg.train_per_class` / `heldout_per_class` examples per class."""
+    ds = _load_full(data_cfg)
+    train_k, heldout_k = data_cfg.get("train_per_class"), data_cfg.get("heldout_per_class")
+    if train_k or heldout_k:
+        ds = Dataset(ds.name, per_class_subset(ds.train, train_k) if train_k else ds.train,
+                     per_class_subset(ds.heldout, heldout_k) if heldout_k else ds.heldout, ds.num_classes)
+    return ds
+
+
+def _load_full(data_cfg) -> Dataset:
     src = data_cfg.source
     if src == "digits":
         return digits_dataset()
