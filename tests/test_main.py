@@ -21,6 +21,7 @@ def tiny_config():
         c[stage].epochs = 3
     c.lotus.epochs = 2
     c.lotus.batch_size = 64
+    c.methods = "lotus,ssd"
     return c
 
 
@@ -36,7 +37,7 @@ def test_run_writes_metrics_and_report(finished_run):
     saved = json.loads((workdir / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     models = saved["models"]
-    assert set(models) == {"original", "gold", "lotus"}
+    assert set(models) == {"original", "gold", "lotus", "ssd"}
     for name, m in models.items():
         for key in ("acc_forget", "acc_retain", "acc_val", "acc_test", "mia", "rf_jsd", "jsd", "avg_gap"):
             assert 0.0 <= m[key] <= 1.0, (name, key)
@@ -44,7 +45,9 @@ def test_run_writes_metrics_and_report(finished_run):
     assert models["lotus"]["time_s"] > 0 and "time_s" not in models["original"]
     assert saved["jsd_form"] == "textbook"
     report = (workdir / "report.md").read_text()
-    assert "| lotus |" in report and "textbook JSD" in report and "Avg Gap" in report
+    assert "| lotus |" in report and "| ssd |" in report and "textbook JSD" in report and "Avg Gap" in report
+    for fig in ("gap_time.png", "lotus_history.png", "entropy.png"):
+        assert (workdir / fig).stat().st_size > 1000 and f"]({fig})" in report
     for f in ("config.json", "splits.npz", "stats/original.npz", "stats/lotus.npz", "results/lotus.json"):
         assert (workdir / f).exists(), f
     for ck in ("original", "gold", "lotus"):
