@@ -110,3 +110,35 @@ def test_imagenet_without_prepared_dataset_fails_fast_with_instructions(tmp_path
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 1 and len(err) == 1, r.stderr
     assert "imagenet2012" in err[0] and "manual_dir" in err[0]
+
+
+def test_a_failing_method_is_recorded_and_the_others_still_run(finished_run, tmp_path, monkeypatch):
+    import shutil
+
+    import jax
+
+    from lotus_jax import methods
+    from lotus_jax.methods import lotus
+
+    def broken(ctx, original, cfg, key):
+        raise FloatingPointError("loss is nan at step 3")
+
+    def diverged(ctx, original, cfg, key):
+        res = lotus.unlearn(ctx, original, ctx_cfg.lotus, key)
+        res.variables = jax.tree.map(lambda x: x * float("nan"), res.variables)
+        return res
+
+    monkeypatch.setitem(methods.METHODS, "broken", broken)
+    monkeypatch.setitem(methods.METHODS, "diverged", diverged)
+    workdir = tmp_path / "w"
+    shutil.copytree(finished_run[0], workdir)
+    ctx_cfg = tiny_config()
+    with ctx_cfg.unlocked():
+        ctx_cfg.methods = "broken,lotus,diverged"
+        ctx_cfg.broken = ctx_cfg.lotus.copy_and_resolve_references()
+        ctx_cfg.diverged = ctx_cfg.lotus.copy_and_resolve_references()
+    metrics = main.run(ctx_cfg, workdir)
+    assert metrics["models"]["broken"] == {"failed": "FloatingPointError: loss is nan at step 3"}
+    assert "non-finite" in metrics["models"]["diverged"]["failed"]
+    assert "avg_gap" in metrics["models"]["lotus"]
+    assert "broken (failed: FloatingPointError" in (workdir / "report.md").read_text()
