@@ -106,7 +106,8 @@ def test_config_typo_fails():
 
 
 def test_imagenet_without_prepared_dataset_fails_fast_with_instructions(tmp_path):
-    r = _main(f"--config={ROOT / 'configs/imagenet.py'}", f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path}")
+    r = _main(f"--config={ROOT / 'configs/imagenet.py'}", f"--workdir={tmp_path / 'w'}",
+              f"--config.data.data_dir={tmp_path}")
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 1 and len(err) == 1, r.stderr
     assert "imagenet2012" in err[0] and "manual_dir" in err[0]

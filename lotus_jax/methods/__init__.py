@@ -10,8 +10,7 @@ from types import ModuleType
 import ml_collections as mlc
 
 from lotus_jax.errors import ConfigError
-from lotus_jax.methods import (bad_teacher, finetune, lotus, neggrad_plus, random_labels, salun, scrub, ssd,
-                               unsir)
+from lotus_jax.methods import bad_teacher, finetune, lotus, neggrad_plus, random_labels, salun, scrub, ssd, unsir
 from lotus_jax.methods.base import Method, MethodResult
 
 MODULES: dict[str, ModuleType] = {

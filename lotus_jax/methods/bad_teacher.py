@@ -21,8 +21,6 @@ What the paper leaves open and the choice made here:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +29,21 @@ import numpy as np
 
 from lotus_jax.data import pipeline
 from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (Context, TrainState, Timer, Variables, create_state, forward, kl_divergence,
-                                      make_optimizer, optimizer_config, replicate, variables_of)
+from lotus_jax.methods.common import (
+    Context,
+    Timer,
+    TrainState,
+    Variables,
+    create_state,
+    epoch_batches,
+    forward,
+    kl_divergence,
+    make_optimizer,
+    optimizer_config,
+    replicate,
+    run_epoch,
+    variables_of,
+)
 from lotus_jax.methods.lotus import retain_subset
 
 
@@ -40,20 +51,6 @@ def default_config() -> mlc.ConfigDict:
     """SPEC §5: Adam lr 1e-4, no weight decay, 10 epochs, batch 128; KL at T=1; |D_r'| = 30% of |D_r|."""
     return mlc.ConfigDict(dict(epochs=10, batch_size=128, retain_fraction=0.3, temperature=1.0,
                                optimizer=optimizer_config("adam", 1e-4, 0.0)))
-
-
-def run_epoch(step: Callable, state: TrainState, batches: Iterable[dict], *args: Any
-              ) -> tuple[TrainState, dict[str, float]]:
-    """Applies `step(state, batch, *args) -> (state, metrics)` to every batch; returns the mean metrics.
-
-    Metrics are averaged over batches and fetched from the device once, at the end of the epoch.
-    """
-    collected = []
-    for batch in batches:
-        state, m = step(state, batch, *args)
-        collected.append(m)
-    host = jax.device_get(collected)
-    return state, {k: float(np.mean([m[k] for m in host])) for k in (host[0] if host else {})}
 
 
 def bad_teacher_step(state: TrainState, batch: dict, teachers: dict[str, Variables], *, prep, temperature: float
@@ -88,9 +85,8 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
     for epoch in range(int(cfg.epochs)):
         t = Timer()
         rng = np.random.default_rng([ctx.seed, 11, epoch])
-        batches = pipeline.prefetch(pipeline.batches(ctx.dataset.train, indices, cfg.batch_size, rng=rng,
-                                                     extra={"forget": flags}), ctx.mesh)
-        state, m = run_epoch(step, state, batches, teachers)
+        state, m = run_epoch(step, state, epoch_batches(ctx, indices, cfg.batch_size, rng, {"forget": flags}),
+                             teachers)
         sec = t()
         history.append({"epoch": epoch + 1, **m, "seconds": sec})
         ctx.log(f"[bad_teacher] epoch {epoch + 1}/{cfg.epochs}  loss {m['loss']:.4f}  {sec:.1f}s")

@@ -213,6 +213,26 @@ def evaluate_indices(eval_fn: Callable, variables: Variables, source: Source, in
         probs=cat(per_example["probs"], (0, num_classes)) if keep_probs else None)
 
 
+def epoch_batches(ctx: "Context", indices: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,
+                  extra: dict[str, np.ndarray] | None = None):
+    """Padded, masked batches of training-source `indices` (shuffled by `rng`), prefetched onto the mesh."""
+    return pipeline.prefetch(pipeline.batches(ctx.dataset.train, indices, batch_size, rng=rng, extra=extra),
+                             ctx.mesh)
+
+
+def run_epoch(step: Callable, state: TrainState, batches, *args: Any) -> tuple[TrainState, dict[str, float]]:
+    """Applies `step(state, batch, *args) -> (state, metrics)` to every batch; returns the mean metrics.
+
+    Metrics are averaged over batches and fetched from the device once, at the end of the epoch.
+    """
+    collected = []
+    for batch in batches:
+        state, m = step(state, batch, *args)
+        collected.append(m)
+    host = jax.device_get(collected)
+    return state, {k: float(np.mean([m[k] for m in host])) for k in (host[0] if host else {})}
+
+
 class Timer:
     """Wall-clock seconds since construction."""
 

@@ -22,8 +22,20 @@ import numpy as np
 
 from lotus_jax.data import pipeline
 from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (Context, TrainState, Timer, Variables, create_state, cross_entropy, forward,
-                                      make_optimizer, optimizer_config, variables_of)
+from lotus_jax.methods.common import (
+    Context,
+    Timer,
+    TrainState,
+    Variables,
+    create_state,
+    cross_entropy,
+    epoch_batches,
+    forward,
+    make_optimizer,
+    optimizer_config,
+    run_epoch,
+    variables_of,
+)
 
 Step = Callable[[TrainState, dict], tuple[TrainState, dict]]
 
@@ -74,20 +86,6 @@ def make_ce_step(ctx: Context, param_mask: Any | None = None) -> Step:
     return lambda state, batch: jitted(state, batch, param_mask)
 
 
-def run_epoch(ctx: Context, step: Step, state: TrainState, indices: np.ndarray, batch_size: int,
-              rng: np.random.Generator, extra: dict[str, np.ndarray] | None = None) -> tuple[TrainState, float]:
-    """One shuffled pass of `step` over training-source `indices`; returns the state and the mean batch loss.
-
-    `extra` holds per-example arrays aligned with `indices` (e.g. 'target' labels).
-    """
-    losses = []
-    for batch in pipeline.prefetch(pipeline.batches(ctx.dataset.train, indices, batch_size, rng=rng, extra=extra),
-                                   ctx.mesh):
-        state, m = step(state, batch)
-        losses.append(m["loss"])
-    return state, float(np.mean(jax.device_get(losses))) if losses else float("nan")
-
-
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """Cross-entropy training on D_r for `cfg.epochs` epochs; batch order from `ctx.seed` (`key` is unused:
     the update has no randomness)."""
@@ -102,7 +100,8 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
     for epoch in range(int(cfg.epochs)):
         t = Timer()
         rng = np.random.default_rng([ctx.seed, 11, epoch])
-        state, loss = run_epoch(ctx, step, state, retain, cfg.batch_size, rng)
+        state, m = run_epoch(step, state, epoch_batches(ctx, retain, cfg.batch_size, rng))
+        loss = m["loss"]
         sec = t()
         history.append({"epoch": epoch + 1, "loss": loss, "seconds": sec})
         ctx.log(f"[finetune] epoch {epoch + 1}/{cfg.epochs}  retain loss {loss:.4f}  {sec:.1f}s")

@@ -20,8 +20,18 @@ import numpy as np
 
 from lotus_jax.data import pipeline
 from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (Context, TrainState, Timer, Variables, create_state, forward, make_optimizer,
-                                      optimizer_config, soft_cross_entropy, variables_of)
+from lotus_jax.methods.common import (
+    Context,
+    Timer,
+    TrainState,
+    Variables,
+    create_state,
+    forward,
+    make_optimizer,
+    optimizer_config,
+    soft_cross_entropy,
+    variables_of,
+)
 
 
 def default_config() -> mlc.ConfigDict:

@@ -25,8 +25,18 @@ import numpy as np
 from lotus_jax.data import pipeline
 from lotus_jax.errors import ConfigError
 from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (Context, TrainState, Timer, Variables, create_state, cross_entropy, forward,
-                                      make_optimizer, optimizer_config, variables_of)
+from lotus_jax.methods.common import (
+    Context,
+    Timer,
+    TrainState,
+    Variables,
+    create_state,
+    cross_entropy,
+    forward,
+    make_optimizer,
+    optimizer_config,
+    variables_of,
+)
 
 
 def default_config() -> mlc.ConfigDict:

@@ -17,9 +17,18 @@ import numpy as np
 from lotus_jax.data import pipeline
 from lotus_jax.errors import ConfigError
 from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (Context, Timer, Variables, create_state, make_optimizer, optimizer_config,
-                                      variables_of)
-from lotus_jax.methods.finetune import make_ce_step, run_epoch
+from lotus_jax.methods.common import (
+    Context,
+    Timer,
+    Variables,
+    create_state,
+    epoch_batches,
+    make_optimizer,
+    optimizer_config,
+    run_epoch,
+    variables_of,
+)
+from lotus_jax.methods.finetune import make_ce_step
 
 
 def default_config() -> mlc.ConfigDict:
@@ -55,10 +64,10 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
     for epoch in range(int(cfg.epochs)):
         t = Timer()
         targets = wrong_labels(labels[forget], ctx.num_classes, np.random.default_rng([ctx.seed, 21, epoch]))
-        state, loss_f = run_epoch(ctx, step, state, forget, cfg.batch_size,
-                                  np.random.default_rng([ctx.seed, 22, epoch]), {"target": targets})
-        state, loss_r = run_epoch(ctx, step, state, retain, cfg.batch_size,
-                                  np.random.default_rng([ctx.seed, 23, epoch]), retain_targets)
+        rng_f, rng_r = (np.random.default_rng([ctx.seed, s, epoch]) for s in (22, 23))
+        state, mf = run_epoch(step, state, epoch_batches(ctx, forget, cfg.batch_size, rng_f, {"target": targets}))
+        state, mr = run_epoch(step, state, epoch_batches(ctx, retain, cfg.batch_size, rng_r, retain_targets))
+        loss_f, loss_r = mf["loss"], mr["loss"]
         sec = t()
         history.append({"epoch": epoch + 1, "forget_loss": loss_f, "retain_loss": loss_r, "seconds": sec})
         ctx.log(f"[random_labels] epoch {epoch + 1}/{cfg.epochs}  forget (random labels) loss {loss_f:.4f}  "

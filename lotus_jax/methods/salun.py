@@ -36,9 +36,19 @@ import optax
 from lotus_jax.data import pipeline
 from lotus_jax.errors import ConfigError
 from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (Context, Timer, Variables, create_state, make_optimizer, optimizer_config,
-                                      replicate, variables_of)
-from lotus_jax.methods.finetune import make_ce_step, run_epoch
+from lotus_jax.methods.common import (
+    Context,
+    Timer,
+    Variables,
+    create_state,
+    epoch_batches,
+    make_optimizer,
+    optimizer_config,
+    replicate,
+    run_epoch,
+    variables_of,
+)
+from lotus_jax.methods.finetune import make_ce_step
 from lotus_jax.methods.random_labels import wrong_labels
 
 
@@ -117,8 +127,9 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
             f"|D_f|={len(forget)} |D_r|={len(retain)} lr={cfg.optimizer.lr}")
     for epoch in range(int(cfg.epochs)):
         t = Timer()
-        state, loss = run_epoch(ctx, step, state, indices, cfg.batch_size,
-                                np.random.default_rng([ctx.seed, 42, epoch]), {"target": targets})
+        rng = np.random.default_rng([ctx.seed, 42, epoch])
+        state, m = run_epoch(step, state, epoch_batches(ctx, indices, cfg.batch_size, rng, {"target": targets}))
+        loss = m["loss"]
         sec = t()
         history.append({"epoch": epoch + 1, "loss": loss, "seconds": sec})
         ctx.log(f"[salun] epoch {epoch + 1}/{cfg.epochs}  loss (random-label D_f + D_r) {loss:.4f}  {sec:.1f}s")

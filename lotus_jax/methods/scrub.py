@@ -30,10 +30,23 @@ import ml_collections as mlc
 import numpy as np
 
 from lotus_jax.data import pipeline
-from lotus_jax.methods.bad_teacher import run_epoch
 from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (Context, TrainState, Timer, Variables, create_state, cross_entropy, forward,
-                                      kl_divergence, make_optimizer, optimizer_config, replicate, variables_of)
+from lotus_jax.methods.common import (
+    Context,
+    Timer,
+    TrainState,
+    Variables,
+    create_state,
+    cross_entropy,
+    epoch_batches,
+    forward,
+    kl_divergence,
+    make_optimizer,
+    optimizer_config,
+    replicate,
+    run_epoch,
+    variables_of,
+)
 
 
 def default_config() -> mlc.ConfigDict:
@@ -100,12 +113,10 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
         kd_f = None
         if epoch < int(cfg.msteps):
             rng = np.random.default_rng([ctx.seed, 12, epoch])
-            state, mx = run_epoch(up, state, pipeline.prefetch(pipeline.batches(
-                ctx.dataset.train, ctx.splits.forget, cfg.batch_size, rng=rng), ctx.mesh), teacher)
+            state, mx = run_epoch(up, state, epoch_batches(ctx, ctx.splits.forget, cfg.batch_size, rng), teacher)
             kd_f = mx["kd_f"]
         rng = np.random.default_rng([ctx.seed, 13, epoch])
-        state, mn = run_epoch(down, state, pipeline.prefetch(pipeline.batches(
-            ctx.dataset.train, ctx.splits.retain, cfg.batch_size, rng=rng), ctx.mesh), teacher)
+        state, mn = run_epoch(down, state, epoch_batches(ctx, ctx.splits.retain, cfg.batch_size, rng), teacher)
         sec = t()
         history.append({"epoch": epoch + 1, "kd_f": kd_f, **mn, "seconds": sec})
         up_msg = "" if kd_f is None else f"kd_f {kd_f:.4f}  "

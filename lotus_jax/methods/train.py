@@ -9,8 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from lotus_jax.data import pipeline
-from lotus_jax.methods.common import (Context, TrainState, Variables, Timer, create_state, cross_entropy, forward,
-                                      make_optimizer, masked_mean, variables_of)
+from lotus_jax.methods.common import (
+    Context,
+    Timer,
+    TrainState,
+    Variables,
+    create_state,
+    cross_entropy,
+    forward,
+    make_optimizer,
+    masked_mean,
+    variables_of,
+)
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, *, prep) -> tuple[TrainState, dict]:

@@ -44,10 +44,22 @@ import optax
 
 from lotus_jax.data import pipeline
 from lotus_jax.errors import ConfigError
-from lotus_jax.methods.bad_teacher import run_epoch
 from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (Context, TrainState, Timer, Variables, create_state, cross_entropy, forward,
-                                      make_optimizer, optimizer_config, replicate, variables_of)
+from lotus_jax.methods.common import (
+    Context,
+    Timer,
+    TrainState,
+    Variables,
+    create_state,
+    cross_entropy,
+    epoch_batches,
+    forward,
+    make_optimizer,
+    optimizer_config,
+    replicate,
+    run_epoch,
+    variables_of,
+)
 
 
 def default_config() -> mlc.ConfigDict:
@@ -141,9 +153,8 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
         phase = "impair" if epoch < impair_epochs else "repair"
         idx, slots = (impair_idx, impair_slots) if phase == "impair" else (sub, repair_slots)
         rng = np.random.default_rng([ctx.seed, 15, epoch])
-        batches = pipeline.prefetch(pipeline.batches(ctx.dataset.train, idx, cfg.batch_size, rng=rng,
-                                                     extra={"noise": slots}), ctx.mesh)
-        state, m = run_epoch(step, state, batches, noise, noise_labels)
+        state, m = run_epoch(step, state, epoch_batches(ctx, idx, cfg.batch_size, rng, {"noise": slots}),
+                             noise, noise_labels)
         sec = t()
         history.append({"epoch": epoch + 1, "phase": phase, **m, "seconds": sec})
         ctx.log(f"[unsir] epoch {epoch + 1}/{epochs} {phase}  loss {m['loss']:.4f}  {sec:.1f}s")

@@ -7,7 +7,6 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections as mlc
 import numpy as np
 import optax
 import pytest
