@@ -5,7 +5,14 @@
 
 There is no gold model at this scale (stages train,retrain are not run): `f_orig` is the given checkpoint
 and RF-JSD replaces JSD. The dataset is `imagenet2012` prepared by tfds in array_record format (see the
-README). CPU-sized variant (ViT-Ti/16 at 32 px, 2 per class, random init when no checkpoint is given):
+README), decoded on `data.decode_workers` threads per batch and preprocessed as torchvision's ViT-B/16
+weights expect: shorter side resized to 256 (bilinear, antialiased), central 224 x 224 crop, ImageNet
+mean/std. Weights from google-research/vision_transformer (or Hugging Face google/vit-base-patch16-224)
+expect a plain resize to 224 and mean/std 0.5 instead:
+
+    --config.data.crop=resize --config.data.mean="(0.5, 0.5, 0.5)" --config.data.std="(0.5, 0.5, 0.5)"
+
+CPU-sized variant (ViT-Ti/16 at 32 px, 2 per class, random init when no checkpoint is given):
 
     python -m lotus_jax.main --config configs/imagenet.py:small --workdir runs/imagenet_small
 """
@@ -22,7 +29,10 @@ def get_config(variant: str = ""):
     c.data.source = "tfds"
     c.data.name = "imagenet2012"
     c.data.heldout_split = "validation"
-    c.data.image_size = 224
+    c.data.crop = "center"
+    c.data.resize_size = 256
+    c.data.crop_size = 224
+    c.data.interpolation = "bilinear"
     c.data.mean, c.data.std = IMAGENET_MEAN, IMAGENET_STD
     c.data.forget.mode = "per_class"
     c.data.forget.sampling = "random"
@@ -37,7 +47,8 @@ def get_config(variant: str = ""):
     c.eval.batch_size = 256
     if variant == "small":
         c.stages = "train,unlearn,evaluate"
-        c.data.image_size = 32
+        c.data.resize_size = 36
+        c.data.crop_size = 32
         c.data.forget.per_class = 2
         c.data.forget.retain_per_class = 18
         c.model.variant = "Ti/16"

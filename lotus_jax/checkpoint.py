@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from lotus_jax.data.pipeline import replicated
+from lotus_jax import sharding
 from lotus_jax.errors import ConfigError
 
 Variables = dict[str, Any]
@@ -39,7 +39,8 @@ def _shapes(tree: Any) -> dict[str, tuple]:
 
 
 def restore(path: Path, like: Variables, mesh: Mesh) -> Variables:
-    """Restores the checkpoint at `path` into the structure of `like` (arrays or shape structs), replicated.
+    """Restores the checkpoint at `path` into the structure of `like` (arrays or shape structs), each array
+    read straight into its place on `mesh` by the FSDP rule (`sharding.partition_spec`).
 
     Raises CheckpointError naming the first missing, unexpected or differently shaped entry, e.g. a head
     trained for another number of classes.
@@ -61,7 +62,7 @@ def restore(path: Path, like: Variables, mesh: Mesh) -> Variables:
         if got[key] != want[key]:
             raise CheckpointError(f"checkpoint {path}: {key} has shape {got[key]} but the configured model "
                                   f"expects {want[key]} (another number of classes or model size?)")
-    sharding = replicated(mesh)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), expected)
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), expected,
+                          sharding.shardings(expected, mesh))
     restored = ckptr.restore(path, target)
     return {k: restored.get(k, v) for k, v in like.items()}

@@ -26,7 +26,10 @@ def base_config() -> mlc.ConfigDict:
     c.compat = False  # reproduce the reference code's rounding and JSD form (SPEC §4)
     c.original_checkpoint = placeholder(str)  # start from this orbax checkpoint instead of training
     c.gold_checkpoint = placeholder(str)
-    c.mesh = mlc.ConfigDict(dict(data=-1))
+    # Devices on each mesh axis (-1 = the rest); data * fsdp must equal the number of devices. Parameters
+    # and optimizer state of 2**14+ elements are split along fsdp, batches along data and fsdp.
+    c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1})
+    c.distributed = False  # jax.distributed.initialize() first (multi-host; also when JAX_COORDINATOR_ADDRESS)
 
     c.data = mlc.ConfigDict()
     c.data.source = "digits"  # digits | folder | tfds
@@ -36,7 +39,12 @@ def base_config() -> mlc.ConfigDict:
     c.data.train_split = "train"
     c.data.heldout_split = "test"
     c.data.channels = placeholder(int)
-    c.data.image_size = placeholder(int)  # resize on load (folder/tfds sources)
+    c.data.image_size = placeholder(int)  # squash to N x N on load (folder/tfds); or use data.crop
+    c.data.crop = "none"  # host-side resize on load (folder/tfds): none | resize | center
+    c.data.resize_size = placeholder(int)  # center: shorter side resized to this (torchvision Resize)
+    c.data.crop_size = placeholder(int)  # center: central square kept; resize: output side
+    c.data.interpolation = "bilinear"  # bilinear | bicubic (Pillow, antialiased like torchvision on PIL)
+    c.data.decode_workers = -1  # threads decoding each tfds batch; -1 = all CPU cores
     c.data.val_fraction = 0.5
     c.data.train_per_class = placeholder(int)  # keep only the first N training images of each class
     c.data.heldout_per_class = placeholder(int)
@@ -57,6 +65,7 @@ def base_config() -> mlc.ConfigDict:
     c.model.num_heads = placeholder(int)
     c.model.mlp_dim = placeholder(int)
     c.model.layernorm_epsilon = placeholder(float)
+    c.model.representation_size = placeholder(int)  # ViT pre-logits layer (imported checkpoints keep theirs)
 
     c.train = mlc.ConfigDict(dict(epochs=150, batch_size=512))
     c.train.optimizer = optimizer_config("sgd", 0.1, 5e-4, momentum=0.9, schedule="cosine", warmup_epochs=5, epochs=150)

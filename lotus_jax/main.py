@@ -10,7 +10,10 @@ report.md). A stage whose checkpoint is already in the workdir is skipped, so a 
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +24,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lotus_jax import checkpoint, evaluate, report
-from lotus_jax.data import (load_dataset, load_or_make_splits, make_mesh, preprocess_from_config,
-                            split_settings)
+from lotus_jax.data import load_dataset, load_or_make_splits, preprocess_from_config, split_settings
 from lotus_jax.data.pipeline import check_batch_size
 from lotus_jax.errors import ConfigError
 from lotus_jax.methods import METHODS, get_method
 from lotus_jax.methods.common import Context, make_eval_fn
 from lotus_jax.methods.train import train
 from lotus_jax.models import MODEL_NAMES, build_model
+from lotus_jax.progress import Interrupted, NonFiniteError
+from lotus_jax.sharding import initialize_distributed, mesh_from_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.py"
 STAGES = ("train", "retrain", "unlearn", "evaluate")
@@ -72,14 +76,14 @@ def validate(cfg) -> tuple[list[str], list[str]]:
 def check_workdir(workdir: Path, cfg) -> None:
     """Refuses a workdir whose splits/checkpoints were made with a different data/model/training config.
 
-    Where the data lives (`data.path`, `data.data_dir`) may change between runs.
+    Where the data lives (`data.path`, `data.data_dir`) and how it is decoded may change between runs.
     """
     path = workdir / "config.json"
     if not path.exists() or not ((workdir / "splits.npz").exists() or (workdir / "checkpoints").exists()):
         return
     saved, current = json.loads(path.read_text()), json.loads(cfg.to_json_best_effort())
     for c in (saved, current):
-        for movable in ("path", "data_dir"):
+        for movable in ("path", "data_dir", "decode_workers"):
             c.get("data", {}).pop(movable, None)
     diff = [k for k in RUN_DEFINING if saved.get(k) != current.get(k)]
     if diff:
@@ -88,13 +92,19 @@ def check_workdir(workdir: Path, cfg) -> None:
 
 
 def save_config(workdir: Path, cfg) -> None:
+    if jax.process_index() != 0:
+        return
     tmp = workdir / "config.json.tmp"
     tmp.write_text(json.dumps(json.loads(cfg.to_json_best_effort()), indent=2, sort_keys=True))
     tmp.replace(workdir / "config.json")
 
 
-def run(cfg, workdir: Path) -> dict[str, Any]:
-    """Runs the configured stages in `workdir`; returns the metrics (when evaluated)."""
+def run(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Runs the configured stages in `workdir`; returns the metrics (when evaluated).
+
+    Every training/unlearning stage writes a checkpoint at the end of each epoch under `workdir/progress/`
+    (and when `stop` is set, after the current step), so rerunning the same command continues exactly.
+    """
     stages, methods = validate(cfg)
     check_workdir(workdir, cfg)
     dataset = load_dataset(cfg.data)
@@ -104,7 +114,7 @@ def run(cfg, workdir: Path) -> dict[str, Any]:
                                          split_settings(cfg.data, cfg.seed), cfg.seed)
     log(f"data: {dataset.name}, {dataset.num_classes} classes, images {dataset.train.image_shape}; splits "
         f"{splits.sizes()}{' (reused)' if reused else ''}")
-    mesh = make_mesh(cfg.mesh.data)
+    mesh = mesh_from_config(cfg.mesh)
     for name in ("train", "retrain", "eval", *methods):
         if cfg[name].get("batch_size") is not None:
             check_batch_size(cfg[name].batch_size, mesh)
@@ -117,7 +127,8 @@ def run(cfg, workdir: Path) -> dict[str, Any]:
     init = jax.jit(lambda k: model.init({"params": k}, dummy, train=False))
     ctx = Context(model=model, prep=prep, dataset=dataset, splits=splits, mesh=mesh,
                   eval_fn=make_eval_fn(model, prep, dataset.num_classes), init_fn=init,
-                  eval_batch_size=cfg.eval.batch_size, seed=cfg.seed, log=log)
+                  eval_batch_size=cfg.eval.batch_size, seed=cfg.seed, log=log, progress_dir=workdir / "progress",
+                  stop=stop or threading.Event())
     key = jax.random.key(cfg.seed)
     log(f"model: {cfg.model.name}, {sum(x.size for x in jax.tree.leaves(jax.eval_shape(init, key)['params'])):,} "
         f"parameters, input {dummy.shape[1:]}, {cfg.dtype}; mesh {dict(mesh.shape)}")
@@ -135,6 +146,7 @@ def run(cfg, workdir: Path) -> dict[str, Any]:
         else:
             variables = train(ctx, ctx.init_variables(stage_key), indices, tcfg, stage_key, name)
         checkpoint.save(path, variables)
+        shutil.rmtree(workdir / "progress" / name, ignore_errors=True)
         return True
 
     def load(name: str) -> dict | None:
@@ -158,7 +170,9 @@ def run(cfg, workdir: Path) -> dict[str, Any]:
                 log(f"[{name}] checkpoint found: skipping")
                 continue
             record = run_method(ctx, name, original, cfg[name], jax.random.fold_in(key, 100 + i), ckdir / name)
-            (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
+            if jax.process_index() == 0:
+                (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
+            shutil.rmtree(workdir / "progress" / name, ignore_errors=True)
     metrics: dict[str, Any] = {}
     if "evaluate" in stages:
         metrics = evaluate_all(ctx, workdir, methods, load, cfg)
@@ -170,9 +184,9 @@ def run_method(ctx: Context, name: str, original: dict, mcfg, key: jax.Array, ck
     is recorded as failed with its reason, so the other methods still run and are reported."""
     try:
         result = get_method(name)(ctx, original, mcfg, key)
-    except ConfigError:
+    except (ConfigError, Interrupted):
         raise
-    except Exception as e:  # a failing method must not take the comparison down with it
+    except Exception as e:  # a failing method (NaN loss, say) must not take the comparison down with it
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         log(f"[{name}] failed: {reason}")
         return {"failed": reason}
@@ -216,7 +230,9 @@ def evaluate_all(ctx: Context, workdir: Path, methods: list[str], load, cfg) -> 
 
 
 def write_metrics(workdir: Path, metrics: dict[str, Any]) -> None:
-    """metrics.json (atomically), then report.md and figures; prints the table."""
+    """metrics.json (atomically), then report.md and figures; prints the table. Process 0 only."""
+    if jax.process_index() != 0:
+        return
     tmp = workdir / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     tmp.replace(workdir / "metrics.json")
@@ -225,7 +241,22 @@ def write_metrics(workdir: Path, metrics: dict[str, Any]) -> None:
     log(f"wrote {workdir / 'metrics.json'} and {workdir / 'report.md'}")
 
 
-def run_seeds(cfg, workdir: Path) -> dict[str, Any]:
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGINT (Ctrl-C) and SIGTERM ask the running stage to finish its step, checkpoint and exit; a second
+    signal stops at once."""
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log(f"\n{signal.Signals(signum).name}: finishing the current step and writing a checkpoint "
+            f"(send it again to stop at once)")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def run_seeds(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, Any]:
     """The whole comparison once per seed of `cfg.seeds` (in `workdir/seed_<s>`), then mean ± std."""
     try:
         seeds = [int(s) for s in str(cfg.seeds).split(",") if s.strip()]
@@ -237,7 +268,7 @@ def run_seeds(cfg, workdir: Path) -> dict[str, Any]:
         c = cfg.copy_and_resolve_references()
         c.seed, c.seeds = s, ""
         log(f"=== seed {s} ===")
-        per_seed[s] = run(c, workdir / f"seed_{s}")
+        per_seed[s] = run(c, workdir / f"seed_{s}", stop)
     if not all(per_seed.values()):
         return {}
     metrics = evaluate.aggregate(per_seed)
@@ -250,16 +281,25 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.ERROR)  # orbax and tfds log routine events; ours are printed
     cfg = _CONFIG.value
+    initialize_distributed(cfg.distributed)  # before anything touches a device
     workdir = Path(_WORKDIR.value or Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])
                                                                    ).stem.split(":")[0])
+    stop = threading.Event()
+    install_stop_handlers(stop)
     try:
         if cfg.seeds:
-            run_seeds(cfg, workdir)
+            run_seeds(cfg, workdir, stop)
         else:
-            run(cfg, workdir)
+            run(cfg, workdir, stop)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Interrupted as e:
+        print(f"interrupted: {e}. Run the same command again to resume.", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,25 @@ and `get(indices) -> uint8 (n, H, W, C)`. A `Dataset` pairs the training source 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import hashlib
 import io
 import os
 import tarfile
+import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from lotus_jax.errors import ConfigError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -61,20 +69,50 @@ class ArraySource:
         return self.images[np.asarray(indices)]
 
 
+@functools.cache
+def _decode_pool(workers: int) -> ThreadPoolExecutor:
+    """One shared pool per size: threads are started once, not per batch."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="lotus_jax-decode")
+
+
 @dataclasses.dataclass(frozen=True)
 class LazySource:
-    """A source that decodes images on demand through `decode(index) -> uint8 (H, W, C)`."""
+    """A source that keeps images encoded until a batch asks for them.
 
-    decode: Callable[[int], np.ndarray]
+    `fetch(indices)` reads the encoded records of a whole batch at once (one call, so the storage layer can
+    read in parallel) and `decode(record) -> uint8 (H, W, C)` turns one into pixels. `get` decodes on
+    `decode_workers` threads (1 = in the calling thread); Pillow releases the GIL while it decodes and
+    resizes, so threads scale with cores. The result is the same, in the same order, for any worker count.
+    """
+
+    fetch: Callable[[np.ndarray], Sequence[Any]]
+    decode: Callable[[Any], np.ndarray]
     labels: np.ndarray
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
+    decode_workers: int = 1
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def get(self, indices: np.ndarray) -> np.ndarray:
-        return np.stack([self.decode(int(i)) for i in np.asarray(indices)])
+        indices = np.asarray(indices)
+        records = self.fetch(indices)
+        out = np.empty((len(indices), *self.image_shape), np.uint8)
+
+        def put(j: int) -> None:
+            img = self.decode(records[j])
+            if img.shape != self.image_shape:
+                raise DataError(f"example {int(indices[j])} decodes to {img.shape}, not {self.image_shape}; set "
+                                f"--config.data.crop=center|resize so that every image gets one size")
+            out[j] = img
+
+        if self.decode_workers > 1 and len(indices) > 1:
+            list(_decode_pool(self.decode_workers).map(put, range(len(indices))))
+        else:
+            for j in range(len(indices)):
+                put(j)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +151,82 @@ def digits_dataset(heldout_fraction: float = 0.3) -> Dataset:
     )
 
 
-def _decode_image(data: bytes | str | os.PathLike, channels: int | None, size: int | None) -> np.ndarray:
+CROP_MODES = ("none", "resize", "center")
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeCrop:
+    """Host-side resizing of a decoded image, with Pillow's antialiased filters (what torchvision does to
+    the PIL images its ImageNet transforms receive).
+
+    `center`: the shorter side becomes `resize_size` (longer side `int(resize_size * long / short)`, aspect
+    kept), then the central `crop_size` square is cut out, its offset `round((size - crop_size) / 2)`:
+    torchvision's `Resize(resize_size)` + `CenterCrop(crop_size)`, the eval transform of its ViT-B/16 and
+    ResNet weights (256 -> 224). `resize`: straight to `crop_size` x `crop_size`, aspect not kept, as the
+    vision_transformer / Hugging Face ViT weights expect. `none`: unchanged.
+    """
+
+    mode: str = "none"
+    resize_size: int | None = None
+    crop_size: int | None = None
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.mode not in CROP_MODES:
+            raise DataError(f"unknown data.crop {self.mode!r}; valid: {', '.join(CROP_MODES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise DataError(f"unknown data.interpolation {self.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
+        if self.mode != "none" and not (self.crop_size and self.crop_size > 0):
+            raise DataError(f"data.crop={self.mode} needs a positive --config.data.crop_size")
+        if self.mode == "center" and not (self.resize_size and self.resize_size >= self.crop_size):
+            raise DataError(f"data.crop=center needs --config.data.resize_size >= data.crop_size "
+                            f"({self.resize_size} < {self.crop_size})")
+
+    def __call__(self, img: PILImage) -> PILImage:
+        from PIL import Image
+
+        resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[self.interpolation]
+        if self.mode == "resize" and img.size != (self.crop_size, self.crop_size):
+            return img.resize((self.crop_size, self.crop_size), resample)
+        if self.mode != "center":
+            return img
+        w, h = img.size
+        short, long = min(w, h), max(w, h)
+        new_long = int(self.resize_size * long / short)
+        size = (self.resize_size, new_long) if w <= h else (new_long, self.resize_size)
+        if size != (w, h):
+            img = img.resize(size, resample)
+        left = round((size[0] - self.crop_size) / 2.0)
+        top = round((size[1] - self.crop_size) / 2.0)
+        return img.crop((left, top, left + self.crop_size, top + self.crop_size))
+
+
+def resize_crop_from_config(data_cfg) -> ResizeCrop | None:
+    """The host-side resize of `data.crop` / `resize_size` / `crop_size` / `interpolation`, or the legacy
+    `data.image_size` (bilinear resize to a square); None when images keep their decoded size."""
+    mode, image_size = data_cfg.get("crop", "none"), data_cfg.get("image_size")
+    if image_size and mode != "none":
+        raise DataError(f"data.image_size and data.crop={mode} both resize; set data.crop_size instead")
+    if image_size:
+        return ResizeCrop("resize", crop_size=int(image_size))
+    rc = ResizeCrop(mode, data_cfg.get("resize_size"), data_cfg.get("crop_size"),
+                    data_cfg.get("interpolation", "bilinear"))
+    return None if mode == "none" else rc
+
+
+def decode_workers_from_config(data_cfg) -> int:
+    """`data.decode_workers`, with -1 meaning the CPU cores this process may use."""
+    n = int(data_cfg.get("decode_workers", 1))
+    if n == -1:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if n < 1:
+        raise DataError(f"data.decode_workers={n}; use a positive thread count or -1 (all CPU cores)")
+    return n
+
+
+def _decode_image(data: bytes | str | os.PathLike, channels: int | None, resize: ResizeCrop | None) -> np.ndarray:
+    """Pillow decode, channel conversion (as torchvision's loader: to RGB first), then `resize`."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
@@ -121,8 +234,8 @@ def _decode_image(data: bytes | str | os.PathLike, channels: int | None, size: i
             img = img.convert("L")
         elif channels == 3 or img.mode not in ("L", "RGB"):
             img = img.convert("RGB")
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
+        if resize is not None:
+            img = resize(img)
         arr = np.asarray(img, dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
@@ -139,28 +252,32 @@ def _split_files(entries: Sequence[str], split: str) -> dict[str, list[str]]:
 
 def _folder_arrays(
     files_by_class: dict[str, list[str]], class_names: Sequence[str], read: Callable[[str], bytes | str],
-    channels: int | None, size: int | None,
+    channels: int | None, resize: ResizeCrop | None,
 ) -> ArraySource:
     images, labels = [], []
     for label, name in enumerate(class_names):
         for f in sorted(files_by_class.get(name, [])):
-            images.append(_decode_image(read(f), channels, size))
+            images.append(_decode_image(read(f), channels, resize))
             labels.append(label)
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
-        raise DataError(f"images have different sizes {sorted(shapes)[:3]}; set --config.data.image_size=N to resize")
+        raise DataError(f"images have different sizes {sorted(shapes)[:3]}; set --config.data.crop=center|resize "
+                        f"(or --config.data.image_size=N)")
     return ArraySource(np.stack(images), np.asarray(labels, np.int32), tuple(class_names))
 
 
 def folder_dataset(
     path: str, train_split: str = "train", heldout_split: str = "test",
-    channels: int | None = None, image_size: int | None = None,
+    channels: int | None = None, image_size: int | None = None, resize: ResizeCrop | None = None,
 ) -> Dataset:
     """An image-folder tree `split/class/*.jpg|png`, as a directory or a .tar / .tar.gz archive of one.
 
     Classes are the sorted folder names of the training split (index = position), as torchvision's
-    ImageFolder does. All images are decoded into memory once.
+    ImageFolder does. All images are decoded into memory once, resized by `resize` (or squashed to
+    `image_size` x `image_size` when only that is given).
     """
+    if resize is None and image_size:
+        resize = ResizeCrop("resize", crop_size=image_size)
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"dataset path {str(p)!r} does not exist; set --config.data.path to an image-folder "
@@ -173,17 +290,17 @@ def folder_dataset(
                 root = subdirs[0]
         entries = [str(f.relative_to(root)) for f in root.rglob("*") if f.is_file()]
         read = lambda rel: str(root / rel)  # noqa: E731
-        sources = _folder_sources(entries, read, train_split, heldout_split, channels, image_size, str(p))
+        sources = _folder_sources(entries, read, train_split, heldout_split, channels, resize, str(p))
         return Dataset(p.name, *sources, num_classes=len(sources[0].class_names))
     with tarfile.open(p) as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
         read = lambda name: tar.extractfile(members[name]).read()  # noqa: E731
-        sources = _folder_sources(list(members), read, train_split, heldout_split, channels, image_size, str(p))
+        sources = _folder_sources(list(members), read, train_split, heldout_split, channels, resize, str(p))
     name = p.name.split(".")[0]
     return Dataset(name, *sources, num_classes=len(sources[0].class_names))
 
 
-def _folder_sources(entries, read, train_split, heldout_split, channels, size, where):
+def _folder_sources(entries, read, train_split, heldout_split, channels, resize, where):
     train_files = _split_files(entries, train_split)
     heldout_files = _split_files(entries, heldout_split)
     if not train_files:
@@ -194,8 +311,8 @@ def _folder_sources(entries, read, train_split, heldout_split, channels, size, w
     unknown = sorted(set(heldout_files) - set(class_names))
     if unknown:
         raise DataError(f"held-out classes {unknown[:5]} do not occur in the training split of {where}")
-    return (_folder_arrays(train_files, class_names, read, channels, size),
-            _folder_arrays(heldout_files, class_names, read, channels, size))
+    return (_folder_arrays(train_files, class_names, read, channels, resize),
+            _folder_arrays(heldout_files, class_names, read, channels, resize))
 
 
 TFDS_PREPARE_HINT = {
@@ -210,12 +327,16 @@ TFDS_PREPARE_HINT = {
 def tfds_dataset(
     name: str, data_dir: str | None = None, train_split: str = "train", heldout_split: str = "test",
     image_size: int | None = None, image_key: str = "image", label_key: str = "label",
+    resize: ResizeCrop | None = None, decode_workers: int = 1, channels: int | None = None,
 ) -> Dataset:
     """A tensorflow-datasets dataset prepared in array_record format, read with `tfds.data_source`.
 
     Never downloads: a dataset that is not prepared in `data_dir` raises a one-line `DataError` that says
-    how to prepare it. Images stay encoded until a batch asks for them (decoded with Pillow), so reading
-    labels of a large dataset is cheap and TensorFlow is not needed at read time.
+    how to prepare it. Images stay encoded until a batch asks for them; then the batch's records are read
+    together and decoded with Pillow on `decode_workers` threads, converted to the feature's channel count
+    (3 for ImageNet, whose few greyscale/CMYK JPEGs become RGB) and resized by `resize` (or squashed to
+    `image_size`). TensorFlow is not needed at read time. Labels are read once per split (the records are
+    parsed, the images not decoded) and cached next to the prepared files when that folder is writable.
     """
     import tensorflow_datasets as tfds
 
@@ -230,6 +351,14 @@ def tfds_dataset(
     label_feature = builder.info.features[label_key]
     class_names = tuple(label_feature.names) if hasattr(label_feature, "names") else tuple(
         str(i) for i in range(label_feature.num_classes))
+    if resize is None and image_size:
+        resize = ResizeCrop("resize", crop_size=image_size)
+    if channels is None:
+        shape = getattr(builder.info.features[image_key], "shape", None)
+        channels = shape[-1] if shape else None
+
+    def decode(record: bytes) -> np.ndarray:
+        return _decode_image(record, channels, resize)
 
     def source(split: str) -> Source:
         try:
@@ -237,14 +366,53 @@ def tfds_dataset(
                                   decoders={image_key: tfds.decode.SkipDecoding()})
         except Exception as e:
             raise DataError(f"cannot read split {split!r} of tfds dataset {name!r}: {e}".splitlines()[0]) from None
-        labels = np.fromiter((int(ds[i][label_key]) for i in range(len(ds))), np.int32, len(ds))
 
-        def decode(i: int) -> np.ndarray:
-            return _decode_image(ds[i][image_key], None, image_size)
+        def fetch(indices: np.ndarray) -> list[bytes]:
+            return [r[image_key] for r in ds.__getitems__([int(i) for i in indices])]
 
-        return LazySource(decode, labels, class_names, decode(0).shape)
+        labels = _tfds_labels(ds, label_key, Path(builder.data_dir), split)
+        return LazySource(fetch, decode, labels, class_names, decode(fetch(np.zeros(1, np.int64))[0]).shape,
+                          decode_workers)
 
     return Dataset(name, source(train_split), source(heldout_split), num_classes=len(class_names))
+
+
+def _tfds_labels(ds, label_key: str, dataset_dir: Path, split: str, chunk: int = 4096) -> np.ndarray:
+    """All labels of a split, read in chunks of records (array_record reads a chunk's shards in parallel).
+
+    For ImageNet this reads the whole split once (~140 GB for train), so the result is kept in
+    `dataset_dir/lotus_jax_labels/` when writable, under a name that changes with the split, the label key
+    and the preparation (time stamp of `dataset_info.json`, rewritten by every `tfds build`).
+    """
+    n = len(ds)
+    try:
+        prepared = (dataset_dir / "dataset_info.json").stat().st_mtime_ns
+    except OSError:
+        prepared = 0
+    key = hashlib.sha1(f"{split}|{label_key}|{n}|{prepared}".encode()).hexdigest()[:16]
+    cache = dataset_dir / "lotus_jax_labels" / f"{key}.npy"
+    try:
+        labels = np.load(cache)
+        if labels.shape == (n,):
+            return labels
+    except (OSError, ValueError):
+        pass
+    labels = np.empty(n, np.int32)
+    for start in range(0, n, chunk):
+        keys = list(range(start, min(n, start + chunk)))
+        labels[start:start + len(keys)] = [int(r[label_key]) for r in ds.__getitems__(keys)]
+    tmp = None
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".npy", dir=cache.parent)  # unique name: hosts may share the folder
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, labels)
+        os.replace(tmp, cache)
+    except OSError:  # read-only or full: run without the cache
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,8 +468,10 @@ def _load_full(data_cfg) -> Dataset:
             raise DataError("data.source=folder needs --config.data.path=<image-folder tree or .tar.gz>")
         return folder_dataset(data_cfg.path, data_cfg.get("train_split", "train"),
                               data_cfg.get("heldout_split", "test"), data_cfg.get("channels"),
-                              data_cfg.get("image_size"))
+                              resize=resize_crop_from_config(data_cfg))
     if src == "tfds":
         return tfds_dataset(data_cfg.name, data_cfg.get("data_dir"), data_cfg.get("train_split", "train"),
-                            data_cfg.get("heldout_split", "test"), data_cfg.get("image_size"))
+                            data_cfg.get("heldout_split", "test"), resize=resize_crop_from_config(data_cfg),
+                            decode_workers=decode_workers_from_config(data_cfg),
+                            channels=data_cfg.get("channels"))
     raise DataError(f"unknown data.source {src!r}; valid: digits, folder, tfds")

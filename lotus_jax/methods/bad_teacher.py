@@ -41,7 +41,6 @@ from lotus_jax.methods.common import (
     make_optimizer,
     optimizer_config,
     replicate,
-    run_epoch,
     variables_of,
 )
 from lotus_jax.methods.lotus import retain_subset
@@ -71,25 +70,25 @@ def bad_teacher_step(state: TrainState, batch: dict, teachers: dict[str, Variabl
 
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """The Bad Teacher driver: D_r' once, incompetent teacher from `key`, then `cfg.epochs` KL epochs."""
-    timer = Timer()
+    cursor = ctx.cursor("bad_teacher")
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     sub = retain_subset(ctx.splits.retain, float(cfg.retain_fraction), ctx.seed)
     indices = np.concatenate([ctx.splits.forget, sub])
     flags = np.concatenate([np.ones(len(ctx.splits.forget), np.int32), np.zeros(len(sub), np.int32)])
     teachers = {"competent": replicate(original, ctx.mesh), "incompetent": ctx.init_variables(key)}
     state = create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh)
+    state = cursor.restore(state)
     step = jax.jit(functools.partial(bad_teacher_step, prep=ctx.prep, temperature=float(cfg.temperature)),
                    donate_argnums=0)
     ctx.log(f"[bad_teacher] |D_f|={len(ctx.splits.forget)} |D_r'|={len(sub)} T={cfg.temperature}")
-    history: list[dict] = []
-    for epoch in range(int(cfg.epochs)):
+    for epoch in cursor.epochs(int(cfg.epochs)):
         t = Timer()
         rng = np.random.default_rng([ctx.seed, 11, epoch])
-        state, m = run_epoch(step, state, epoch_batches(ctx, indices, cfg.batch_size, rng, {"forget": flags}),
+        state, m = cursor.run_phase(step, state, epoch_batches(ctx, indices, cfg.batch_size, rng, {"forget": flags}),
                              teachers)
         sec = t()
-        history.append({"epoch": epoch + 1, **m, "seconds": sec})
+        cursor.end_epoch(state, {**m, "seconds": sec})
         ctx.log(f"[bad_teacher] epoch {epoch + 1}/{cfg.epochs}  loss {m['loss']:.4f}  {sec:.1f}s")
     variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=timer(), history=history,
+    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history,
                         extra={"retain_subset_size": len(sub)})

@@ -4,8 +4,10 @@ context a method's driver receives."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -17,12 +19,14 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
+from lotus_jax import sharding
 from lotus_jax.data import pipeline
 from lotus_jax.data.sources import Dataset, Source
 from lotus_jax.data.splits import Splits
 from lotus_jax.data.transforms import Preprocess
 from lotus_jax.errors import ConfigError
 from lotus_jax.metrics.stats import batch_statistics
+from lotus_jax.progress import Cursor
 
 Variables = dict[str, Any]
 Log = Callable[[str], None]
@@ -43,18 +47,26 @@ def variables_of(state: TrainState) -> Variables:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places every array leaf of `tree` on all devices of `mesh` (replicated)."""
-    return jax.device_put(tree, pipeline.replicated(mesh))
+    """Places every leaf of `tree` on `mesh` by the FSDP rule (`sharding.partition_spec`): large arrays split
+    along `fsdp`, the rest replicated; everything replicated when fsdp=1. Leaves already placed so are kept."""
+    return sharding.shard_variables(tree, mesh)
 
 
 def create_state(model: nn.Module, variables: Variables, tx: optax.GradientTransformation, mesh: Mesh,
                  state_cls: type[TrainState] = TrainState, **extra: Any) -> TrainState:
-    """A train state (optimizer initialised) for `variables`, replicated over `mesh`."""
+    """A train state (optimizer initialised) for `variables`, placed on `mesh` by the FSDP rule.
+
+    Large arrays are split along `fsdp`, small ones replicated (`sharding.partition_spec`). The optimizer
+    state is created in place by a jitted `tx.init` whose outputs follow the same rule, so each moment has
+    its parameter's sharding (the rule depends only on the shape) and no full copy lands on one device.
+    """
     # Own buffers for everything in the state: jitted steps donate it, and the caller keeps its arrays.
-    variables, extra = jax.tree.map(jnp.copy, (variables, extra))
-    state = state_cls.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables.get("batch_stats", {}), **extra)
-    return replicate(state, mesh)
+    variables, extra = sharding.shard_variables((variables, extra), mesh, copy=True)
+    params = variables["params"]
+    opt_state = jax.jit(tx.init, out_shardings=sharding.shardings(jax.eval_shape(tx.init, params), mesh))(params)
+    step = sharding.shard_variables(jnp.zeros((), jnp.int32), mesh)
+    return state_cls(step=step, apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state,
+                     batch_stats=variables.get("batch_stats", {}), **extra)
 
 
 def forward(state: TrainState, params: Any, x: jax.Array, mask: jax.Array, train: bool
@@ -168,10 +180,18 @@ class Context:
     eval_batch_size: int
     seed: int
     log: Log = print
+    progress_dir: Path | None = None  # per-stage epoch checkpoints (None: none are written)
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)  # set by SIGINT/SIGTERM
+
+    def cursor(self, name: str) -> Cursor:
+        """The epoch cursor of stage `name`: checkpoints in `progress_dir/name`, stop requests, NaN checks."""
+        return Cursor(name, None if self.progress_dir is None else self.progress_dir / name, self.stop, self.log)
 
     def init_variables(self, key: jax.Array) -> Variables:
-        """Freshly initialised variables of the model (e.g. Bad Teacher's incompetent teacher), replicated."""
-        return replicate(self.init_fn(key), self.mesh)
+        """Freshly initialised variables of the model (e.g. Bad Teacher's incompetent teacher), created
+        directly on the mesh by the FSDP rule (a jitted init with those output shardings)."""
+        shapes = jax.eval_shape(self.init_fn, key)
+        return jax.jit(self.init_fn, out_shardings=sharding.shardings(shapes, self.mesh))(key)
 
     @property
     def num_classes(self) -> int:
@@ -191,17 +211,22 @@ class Context:
 
 def evaluate_indices(eval_fn: Callable, variables: Variables, source: Source, indices: np.ndarray,
                      batch_size: int, mesh: Mesh, num_classes: int, keep_probs: bool = False) -> SplitStats:
-    """Runs `eval_fn` over `indices` in padded batches and gathers the valid rows on the host."""
+    """Runs `eval_fn` over `indices` in padded batches and gathers the valid rows on the host.
+
+    With several processes each reads its rows of every batch; the statistics are gathered on all of
+    them, in the global batch order, so every process gets the one-process result.
+    """
     per_example: dict[str, list] = {"correct": [], "entropy": [], "labels": [], "probs": []}
     prob_sums = np.zeros((num_classes, num_classes), np.float64)
     counts = np.zeros(num_classes, np.int64)
+    variables = replicate(variables, mesh)
     it = pipeline.prefetch(pipeline.batches(source, indices, batch_size), mesh)
     for batch in it:
-        out = jax.device_get(eval_fn(variables, batch, keep_probs))
-        m = np.asarray(jax.device_get(batch["mask"]))
+        out, m, labels = sharding.to_host((eval_fn(variables, batch, keep_probs), batch["mask"], batch["label"]))
+        m = np.asarray(m, bool)
         per_example["correct"].append(out["correct"][m])
         per_example["entropy"].append(out["entropy"][m])
-        per_example["labels"].append(np.asarray(jax.device_get(batch["label"]))[m])
+        per_example["labels"].append(np.asarray(labels)[m])
         if keep_probs:
             per_example["probs"].append(out["probs"][m])
         prob_sums += out["prob_sums"]
@@ -218,19 +243,6 @@ def epoch_batches(ctx: "Context", indices: np.ndarray, batch_size: int, rng: np.
     """Padded, masked batches of training-source `indices` (shuffled by `rng`), prefetched onto the mesh."""
     return pipeline.prefetch(pipeline.batches(ctx.dataset.train, indices, batch_size, rng=rng, extra=extra),
                              ctx.mesh)
-
-
-def run_epoch(step: Callable, state: TrainState, batches, *args: Any) -> tuple[TrainState, dict[str, float]]:
-    """Applies `step(state, batch, *args) -> (state, metrics)` to every batch; returns the mean metrics.
-
-    Metrics are averaged over batches and fetched from the device once, at the end of the epoch.
-    """
-    collected = []
-    for batch in batches:
-        state, m = step(state, batch, *args)
-        collected.append(m)
-    host = jax.device_get(collected)
-    return state, {k: float(np.mean([m[k] for m in host])) for k in (host[0] if host else {})}
 
 
 class Timer:

@@ -33,7 +33,6 @@ from lotus_jax.methods.common import (
     forward,
     make_optimizer,
     optimizer_config,
-    run_epoch,
     variables_of,
 )
 
@@ -89,21 +88,21 @@ def make_ce_step(ctx: Context, param_mask: Any | None = None) -> Step:
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """Cross-entropy training on D_r for `cfg.epochs` epochs; batch order from `ctx.seed` (`key` is unused:
     the update has no randomness)."""
-    timer = Timer()
+    cursor = ctx.cursor("finetune")
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     retain = ctx.splits.retain
     steps = pipeline.num_batches(len(retain), cfg.batch_size)
     state = create_state(ctx.model, original, make_optimizer(cfg.optimizer, steps), ctx.mesh)
+    state = cursor.restore(state)
     step = make_ce_step(ctx)
-    history: list[dict] = []
     ctx.log(f"[finetune] |D_r|={len(retain)} lr={cfg.optimizer.lr}")
-    for epoch in range(int(cfg.epochs)):
+    for epoch in cursor.epochs(int(cfg.epochs)):
         t = Timer()
         rng = np.random.default_rng([ctx.seed, 11, epoch])
-        state, m = run_epoch(step, state, epoch_batches(ctx, retain, cfg.batch_size, rng))
+        state, m = cursor.run_phase(step, state, epoch_batches(ctx, retain, cfg.batch_size, rng))
         loss = m["loss"]
         sec = t()
-        history.append({"epoch": epoch + 1, "loss": loss, "seconds": sec})
+        cursor.end_epoch(state, {"loss": loss, "seconds": sec})
         ctx.log(f"[finetune] epoch {epoch + 1}/{cfg.epochs}  retain loss {loss:.4f}  {sec:.1f}s")
     variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=timer(), history=history)
+    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history)

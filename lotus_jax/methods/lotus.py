@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+import optax
 
 from lotus_jax.data import pipeline
 from lotus_jax.methods.base import MethodResult
@@ -26,6 +27,7 @@ from lotus_jax.methods.common import (
     TrainState,
     Variables,
     create_state,
+    epoch_batches,
     forward,
     make_optimizer,
     optimizer_config,
@@ -103,7 +105,7 @@ def lotus_step(state: LotusState, batch: dict, tau: jax.Array, key: jax.Array, *
 
     (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=new_bs)
-    return state, {"loss": loss}
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def retain_subset(retain: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -116,10 +118,11 @@ def retain_subset(retain: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """The LoTUS driver: D_r' once, acc_u once, then per epoch acc_f -> stop? -> tau -> updates.
 
-    The measured time covers the whole call (sub-sampling, acc_u, per-epoch acc_f passes and updates).
+    The measured time covers the whole call (sub-sampling, acc_u, per-epoch acc_f passes and updates), over
+    every session when a run is resumed from its per-epoch checkpoints.
     """
-    timer = Timer()
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
+    cursor = ctx.cursor("lotus")
     decimals = 2 if cfg.get("compat", False) else None
     sub = retain_subset(ctx.splits.retain, float(cfg.retain_fraction), ctx.seed)
     indices = np.concatenate([ctx.splits.forget, sub])
@@ -127,31 +130,28 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
     acc_u = 0.0 if ctx.splits.class_unlearning else ctx.evaluate(original, "val").accuracy
     state = create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh, LotusState,
                          teacher=original)
+    state = cursor.restore(state)
     step = jax.jit(functools.partial(lotus_step, prep=ctx.prep), donate_argnums=0)
-    history: list[dict] = []
     ctx.log(f"[lotus] |D_f|={len(ctx.splits.forget)} |D_r'|={len(sub)} acc_u={acc_u:.4f} alpha={cfg.alpha}")
-    for epoch in range(int(cfg.epochs)):
+    for epoch in cursor.epochs(int(cfg.epochs)):
         t = Timer()
-        acc_f = ctx.evaluate(variables_of(state), "forget").accuracy
-        if should_stop(acc_f, acc_u, cfg.get("stop_threshold"), decimals):
-            ctx.log(f"[lotus] epoch {epoch + 1}: acc_f {acc_f:.4f} - acc_u {acc_u:.4f} <= "
-                    f"{cfg.stop_threshold}: stop")
-            history.append({"epoch": epoch + 1, "acc_f": acc_f, "tau": None, "loss": None, "seconds": t(),
-                            "stopped": True})
+        if cursor.epoch_info is None:  # not restored mid-epoch: measure the student now
+            acc_f = ctx.evaluate(variables_of(state), "forget").accuracy
+            stop = should_stop(acc_f, acc_u, cfg.get("stop_threshold"), decimals)
+            cursor.epoch_info = {"acc_f": acc_f, "stop": stop,
+                                 "tau": None if stop else temperature(acc_f, acc_u, float(cfg.alpha), decimals)}
+        acc_f, tau = cursor.epoch_info["acc_f"], cursor.epoch_info["tau"]
+        if cursor.epoch_info["stop"]:
+            ctx.log(f"[lotus] epoch {epoch + 1}: acc_f {acc_f:.4f} - acc_u {acc_u:.4f} <= {cfg.stop_threshold}: stop")
+            cursor.history.append({"epoch": epoch + 1, "acc_f": acc_f, "tau": None, "loss": None, "seconds": t(),
+                                   "stopped": True})
             break
-        tau = temperature(acc_f, acc_u, float(cfg.alpha), decimals)
         rng = np.random.default_rng([ctx.seed, 5, epoch])
-        ekey = jax.random.fold_in(key, epoch)
-        losses = []
-        for i, batch in enumerate(pipeline.prefetch(pipeline.batches(
-                ctx.dataset.train, indices, cfg.batch_size, rng=rng, extra={"forget": flags}), ctx.mesh)):
-            state, m = step(state, batch, jnp.float32(tau), jax.random.fold_in(ekey, i))
-            losses.append(m["loss"])
-        loss = float(np.mean(jax.device_get(losses)))
+        state, m = cursor.run_phase(step, state, epoch_batches(ctx, indices, cfg.batch_size, rng, {"forget": flags}),
+                                    jnp.float32(tau), key=jax.random.fold_in(key, epoch))
         sec = t()
-        history.append({"epoch": epoch + 1, "acc_f": acc_f, "tau": tau, "loss": loss, "seconds": sec,
-                        "stopped": False})
-        ctx.log(f"[lotus] epoch {epoch + 1}/{cfg.epochs}  acc_f {acc_f:.4f}  tau {tau:.4f}  loss {loss:.4f}  "
-                f"{sec:.1f}s")
+        cursor.end_epoch(state, {"acc_f": acc_f, "tau": tau, "loss": m["loss"], "seconds": sec, "stopped": False})
+        ctx.log(f"[lotus] epoch {epoch + 1}/{cfg.epochs}  acc_f {acc_f:.4f}  tau {tau:.4f}  loss {m['loss']:.4f}  "
+                f"grad norm {m['grad_norm']:.3f}  {sec:.1f}s  ETA {cursor.eta(int(cfg.epochs)):.0f}s")
     variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=timer(), history=history, extra={"acc_u": acc_u})
+    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history, extra={"acc_u": acc_u})

@@ -84,7 +84,7 @@ def paired_batches(ctx: Context, retain: np.ndarray, forget: np.ndarray, batch_s
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """`cfg.epochs` epochs of paired NegGrad+ steps; batch order from `ctx.seed` (`key` is unused: the update
     has no randomness)."""
-    timer = Timer()
+    cursor = ctx.cursor("neggrad_plus")
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     forget, retain = ctx.splits.forget, ctx.splits.retain
     if not len(forget) or not len(retain):
@@ -96,20 +96,17 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
     steps = max(pipeline.num_batches(len(retain), cfg.batch_size),
                 pipeline.num_batches(len(forget), cfg.batch_size))
     state = create_state(ctx.model, original, make_optimizer(cfg.optimizer, steps), ctx.mesh)
+    state = cursor.restore(state)
     step = jax.jit(functools.partial(neggrad_plus_step, prep=ctx.prep), donate_argnums=0)
-    history: list[dict] = []
     ctx.log(f"[neggrad_plus] |D_f|={len(forget)} |D_r|={len(retain)} beta={beta} lr={cfg.optimizer.lr}")
-    for epoch in range(int(cfg.epochs)):
+    for epoch in cursor.epochs(int(cfg.epochs)):
         t = Timer()
         rng = np.random.default_rng([ctx.seed, 31, epoch])
-        metrics = []
-        for batch in pipeline.prefetch(paired_batches(ctx, retain, forget, cfg.batch_size, rng), ctx.mesh):
-            state, m = step(state, batch, jnp.float32(beta))
-            metrics.append(m)
-        mean = {k: float(np.mean([m[k] for m in jax.device_get(metrics)])) for k in metrics[0]}
+        state, mean = cursor.run_phase(step, state, pipeline.prefetch(
+            paired_batches(ctx, retain, forget, cfg.batch_size, rng), ctx.mesh), jnp.float32(beta))
         sec = t()
-        history.append({"epoch": epoch + 1, **mean, "seconds": sec})
+        cursor.end_epoch(state, {**mean, "seconds": sec})
         ctx.log(f"[neggrad_plus] epoch {epoch + 1}/{cfg.epochs}  loss {mean['loss']:.4f}  "
                 f"retain CE {mean['retain_ce']:.4f}  forget CE {mean['forget_ce']:.4f}  {sec:.1f}s")
     variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=timer(), history=history)
+    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history)

@@ -25,7 +25,6 @@ from lotus_jax.methods.common import (
     epoch_batches,
     make_optimizer,
     optimizer_config,
-    run_epoch,
     variables_of,
 )
 from lotus_jax.methods.finetune import make_ce_step
@@ -51,26 +50,27 @@ def wrong_labels(labels: np.ndarray, num_classes: int, rng: np.random.Generator)
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """Per epoch: D_f with fresh wrong labels, then D_r with true labels. Labels and batch order come from
     `ctx.seed` (`key` is unused: the update itself has no randomness)."""
-    timer = Timer()
+    cursor = ctx.cursor("random_labels")
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     forget, retain = ctx.splits.forget, ctx.splits.retain
     labels = ctx.dataset.train.labels
     steps = pipeline.num_batches(len(forget), cfg.batch_size) + pipeline.num_batches(len(retain), cfg.batch_size)
     state = create_state(ctx.model, original, make_optimizer(cfg.optimizer, steps), ctx.mesh)
+    state = cursor.restore(state)
     step = make_ce_step(ctx)
     retain_targets = {"target": labels[retain].astype(np.int32)}  # same batch structure as the forget pass
-    history: list[dict] = []
     ctx.log(f"[random_labels] |D_f|={len(forget)} |D_r|={len(retain)} lr={cfg.optimizer.lr}")
-    for epoch in range(int(cfg.epochs)):
+    for epoch in cursor.epochs(int(cfg.epochs)):
         t = Timer()
         targets = wrong_labels(labels[forget], ctx.num_classes, np.random.default_rng([ctx.seed, 21, epoch]))
         rng_f, rng_r = (np.random.default_rng([ctx.seed, s, epoch]) for s in (22, 23))
-        state, mf = run_epoch(step, state, epoch_batches(ctx, forget, cfg.batch_size, rng_f, {"target": targets}))
-        state, mr = run_epoch(step, state, epoch_batches(ctx, retain, cfg.batch_size, rng_r, retain_targets))
+        forget_batches = epoch_batches(ctx, forget, cfg.batch_size, rng_f, {"target": targets})
+        state, mf = cursor.run_phase(step, state, forget_batches)
+        state, mr = cursor.run_phase(step, state, epoch_batches(ctx, retain, cfg.batch_size, rng_r, retain_targets))
         loss_f, loss_r = mf["loss"], mr["loss"]
         sec = t()
-        history.append({"epoch": epoch + 1, "forget_loss": loss_f, "retain_loss": loss_r, "seconds": sec})
+        cursor.end_epoch(state, {"forget_loss": loss_f, "retain_loss": loss_r, "seconds": sec})
         ctx.log(f"[random_labels] epoch {epoch + 1}/{cfg.epochs}  forget (random labels) loss {loss_f:.4f}  "
                 f"retain loss {loss_r:.4f}  {sec:.1f}s")
     variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=timer(), history=history)
+    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history)

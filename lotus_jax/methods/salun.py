@@ -45,7 +45,6 @@ from lotus_jax.methods.common import (
     make_optimizer,
     optimizer_config,
     replicate,
-    run_epoch,
     variables_of,
 )
 from lotus_jax.methods.finetune import make_ce_step
@@ -109,7 +108,7 @@ def saliency_mask(ctx: Context, variables: Variables, fraction: float, batch_siz
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """Saliency mask, then `cfg.epochs` epochs of masked random-label training on D_f ∪ D_r. Labels and
     batch order come from `ctx.seed` (`key` is unused: nothing in the update is random)."""
-    timer = Timer()
+    cursor = ctx.cursor("salun")
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     forget, retain = ctx.splits.forget, ctx.splits.retain
     labels = ctx.dataset.train.labels
@@ -121,19 +120,19 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
                               labels[retain].astype(np.int32)])
     steps = pipeline.num_batches(len(indices), cfg.batch_size)
     state = create_state(ctx.model, original, make_optimizer(cfg.optimizer, steps), ctx.mesh)
+    state = cursor.restore(state)
     step = make_ce_step(ctx, mask)
-    history: list[dict] = []
     ctx.log(f"[salun] mask {masked}/{total} parameters ({masked / max(total, 1):.4f}); "
             f"|D_f|={len(forget)} |D_r|={len(retain)} lr={cfg.optimizer.lr}")
-    for epoch in range(int(cfg.epochs)):
+    for epoch in cursor.epochs(int(cfg.epochs)):
         t = Timer()
         rng = np.random.default_rng([ctx.seed, 42, epoch])
-        state, m = run_epoch(step, state, epoch_batches(ctx, indices, cfg.batch_size, rng, {"target": targets}))
+        state, m = cursor.run_phase(step, state, epoch_batches(ctx, indices, cfg.batch_size, rng, {"target": targets}))
         loss = m["loss"]
         sec = t()
-        history.append({"epoch": epoch + 1, "loss": loss, "seconds": sec})
+        cursor.end_epoch(state, {"loss": loss, "seconds": sec})
         ctx.log(f"[salun] epoch {epoch + 1}/{cfg.epochs}  loss (random-label D_f + D_r) {loss:.4f}  {sec:.1f}s")
     variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=timer(), history=history,
+    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history,
                         extra={"masked_parameters": masked, "total_parameters": total,
                                "mask_fraction": masked / max(total, 1)})

@@ -44,7 +44,6 @@ from lotus_jax.methods.common import (
     make_optimizer,
     optimizer_config,
     replicate,
-    run_epoch,
     variables_of,
 )
 
@@ -97,30 +96,30 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
     Deterministic given the seed (no sampling beyond the numpy batch order), so `key` is unused.
     """
     del key
-    timer = Timer()
+    cursor = ctx.cursor("scrub")
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     temperature = float(cfg.kd_temperature)
     teacher = replicate(original, ctx.mesh)
     state = create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh)
+    state = cursor.restore(state)
     up = jax.jit(functools.partial(max_step, prep=ctx.prep, temperature=temperature), donate_argnums=0)
     down = jax.jit(functools.partial(min_step, prep=ctx.prep, temperature=temperature, alpha=float(cfg.alpha),
                                      gamma=float(cfg.gamma)), donate_argnums=0)
     ctx.log(f"[scrub] |D_f|={len(ctx.splits.forget)} |D_r|={len(ctx.splits.retain)} msteps={cfg.msteps} "
             f"T={temperature} alpha={cfg.alpha} gamma={cfg.gamma}")
-    history: list[dict] = []
-    for epoch in range(int(cfg.epochs)):
+    for epoch in cursor.epochs(int(cfg.epochs)):
         t = Timer()
         kd_f = None
         if epoch < int(cfg.msteps):
             rng = np.random.default_rng([ctx.seed, 12, epoch])
-            state, mx = run_epoch(up, state, epoch_batches(ctx, ctx.splits.forget, cfg.batch_size, rng), teacher)
+            state, mx = cursor.run_phase(up, state, epoch_batches(ctx, ctx.splits.forget, cfg.batch_size, rng), teacher)
             kd_f = mx["kd_f"]
         rng = np.random.default_rng([ctx.seed, 13, epoch])
-        state, mn = run_epoch(down, state, epoch_batches(ctx, ctx.splits.retain, cfg.batch_size, rng), teacher)
+        state, mn = cursor.run_phase(down, state, epoch_batches(ctx, ctx.splits.retain, cfg.batch_size, rng), teacher)
         sec = t()
-        history.append({"epoch": epoch + 1, "kd_f": kd_f, **mn, "seconds": sec})
+        cursor.end_epoch(state, {"kd_f": kd_f, **mn, "seconds": sec})
         up_msg = "" if kd_f is None else f"kd_f {kd_f:.4f}  "
         ctx.log(f"[scrub] epoch {epoch + 1}/{cfg.epochs}  {up_msg}loss_r {mn['loss']:.4f}  ce_r {mn['ce_r']:.4f}  "
                 f"kd_r {mn['kd_r']:.4f}  {sec:.1f}s")
     variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=timer(), history=history, extra={})
+    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history, extra={})

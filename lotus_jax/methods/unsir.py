@@ -57,7 +57,6 @@ from lotus_jax.methods.common import (
     make_optimizer,
     optimizer_config,
     replicate,
-    run_epoch,
     variables_of,
 )
 
@@ -124,7 +123,7 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
 
     `key` draws the initial noise (the only random draw outside the seeded numpy batch order).
     """
-    timer = Timer()
+    cursor = ctx.cursor("unsir")
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     epochs, impair_epochs = int(cfg.epochs), int(cfg.impair_epochs)
     if not 0 <= impair_epochs <= epochs:
@@ -140,25 +139,25 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
     noise, noise_ce = learn(replicate(original, ctx.mesh), noise_labels, noise0)
     noise_ce = float(noise_ce)
     ctx.log(f"[unsir] |D_f|={len(ctx.splits.forget)} retain subset {len(sub)}  noise for classes "
-            f"{classes.tolist()}: CE of the original on it {noise_ce:.4f}  {timer():.1f}s")
+            f"{classes.tolist()}: CE of the original on it {noise_ce:.4f}  {cursor.elapsed():.1f}s")
     noise_slots = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
     impair_idx = np.concatenate([sub, np.full(len(noise_slots), sub[0], sub.dtype)])
     impair_slots = np.concatenate([np.full(len(sub), -1, np.int32), noise_slots])
     repair_slots = np.full(len(sub), -1, np.int32)
     state = create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh)
+    state = cursor.restore(state)
     step = jax.jit(functools.partial(unsir_step, prep=ctx.prep), donate_argnums=0)
-    history: list[dict] = []
-    for epoch in range(epochs):
+    for epoch in cursor.epochs(epochs):
         t = Timer()
         phase = "impair" if epoch < impair_epochs else "repair"
         idx, slots = (impair_idx, impair_slots) if phase == "impair" else (sub, repair_slots)
         rng = np.random.default_rng([ctx.seed, 15, epoch])
-        state, m = run_epoch(step, state, epoch_batches(ctx, idx, cfg.batch_size, rng, {"noise": slots}),
+        state, m = cursor.run_phase(step, state, epoch_batches(ctx, idx, cfg.batch_size, rng, {"noise": slots}),
                              noise, noise_labels)
         sec = t()
-        history.append({"epoch": epoch + 1, "phase": phase, **m, "seconds": sec})
+        cursor.end_epoch(state, {"phase": phase, **m, "seconds": sec})
         ctx.log(f"[unsir] epoch {epoch + 1}/{epochs} {phase}  loss {m['loss']:.4f}  {sec:.1f}s")
     variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=timer(), history=history,
+    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history,
                         extra={"noise_classes": classes.tolist(), "noise_ce": noise_ce,
                                "retain_subset_size": len(sub)})
