@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,8 @@ def parse_list(text: str, valid: tuple[str, ...] | list[str], what: str) -> list
 
 def validate(cfg) -> tuple[list[str], list[str]]:
     """Checks what can be checked before any work starts; returns (stages, methods)."""
+    if int(cfg.seed) < 0:
+        raise ConfigError(f"seed {cfg.seed} must be a non-negative integer")
     stages = parse_list(cfg.stages, STAGES, "stage")
     methods = parse_list(cfg.methods, sorted(METHODS), "method")
     if cfg.model.name not in MODEL_NAMES:
@@ -165,14 +168,22 @@ def run(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, An
             raise ConfigError(f"no original model in {ckdir}: add 'train' to --config.stages or pass "
                              f"--config.original_checkpoint=<orbax checkpoint>")
         results_dir.mkdir(exist_ok=True)
-        for i, name in enumerate(methods):
-            if checkpoint.exists(ckdir / name) and (results_dir / f"{name}.json").exists():
-                log(f"[{name}] checkpoint found: skipping")
-                continue
-            record = run_method(ctx, name, original, cfg[name], jax.random.fold_in(key, 100 + i), ckdir / name)
+        for name in methods:
+            settings = json.loads(cfg[name].to_json_best_effort())
+            done = results_dir / f"{name}.json"
+            if checkpoint.exists(ckdir / name) and done.exists():
+                if json.loads(done.read_text()).get("settings") == settings:
+                    log(f"[{name}] checkpoint found: skipping")
+                    continue
+                log(f"[{name}] its settings changed since it ran: running it again")
+            # The key depends on the method's name only, not on its place in --config.methods.
+            method_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+            record = run_method(ctx, name, original, cfg[name], method_key, ckdir / name)
+            record["settings"] = settings
             if jax.process_index() == 0:
                 (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
-            shutil.rmtree(workdir / "progress" / name, ignore_errors=True)
+            if not record.get("failed"):  # a failed method keeps its last good epoch checkpoint
+                shutil.rmtree(workdir / "progress" / name, ignore_errors=True)
     metrics: dict[str, Any] = {}
     if "evaluate" in stages:
         metrics = evaluate_all(ctx, workdir, methods, load, cfg)

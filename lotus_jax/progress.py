@@ -51,8 +51,10 @@ class Cursor:
     """Position of one stage in its epochs, with checkpoints in `directory` (None: no checkpoints)."""
 
     def __init__(self, name: str, directory: Path | None, stop: threading.Event | None = None,
-                 log: Callable[[str], None] = print, keep: int = 2, log_every_s: float = 60.0) -> None:
+                 log: Callable[[str], None] = print, keep: int = 2, log_every_s: float = 60.0,
+                 settings: Any = None) -> None:
         self.name, self.directory, self.log, self.log_every_s = name, directory, log, log_every_s
+        self.settings = settings  # JSON-able; a checkpoint made with other settings is not resumed
         self.stop = stop or threading.Event()
         self.keep = keep
         self.epoch = self._first_epoch = 0
@@ -63,6 +65,7 @@ class Cursor:
         self._resume: tuple[int, int, dict[str, list[float]]] | None = None  # (phase, steps done, metrics)
         self._elapsed_before = 0.0
         self._start = time.perf_counter()
+        self._saving_s = 0.0  # checkpoint writes are not part of the method's time
         self._manager: ocp.CheckpointManager | None = None
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -92,10 +95,15 @@ class Cursor:
                          f"({type(e).__name__}); trying the previous one")
                 continue
             meta = out["meta"]
+            if meta.get("settings") != self.settings:
+                self.log(f"[{self.name}] checkpoints in {self.directory} were made with other settings: "
+                         f"starting the stage afresh")
+                return state
             self.epoch, self.history = meta["epoch"], meta["history"]
             self._first_epoch = self.epoch
             self.epoch_info, self._phase_results = meta["epoch_info"], meta["phase_results"]
             self._elapsed_before = meta["elapsed_s"]
+            self._start, self._saving_s = time.perf_counter(), 0.0  # set-up before the restore was counted
             if meta["steps_done"] or meta["partial"]:
                 self._resume = (meta["phase"], meta["steps_done"], meta["partial"])
             self.log(f"[{self.name}] resuming from checkpoint {step}: epoch {self.epoch + 1}, "
@@ -107,7 +115,9 @@ class Cursor:
         mngr = self._mngr()
         if mngr is None:
             return
-        meta = {"epoch": self.epoch, "phase": phase, "steps_done": steps_done, "partial": partial,
+        t = time.perf_counter()
+        meta = {"settings": self.settings, "epoch": self.epoch, "phase": phase, "steps_done": steps_done,
+                "partial": partial,
                 "phase_results": self._phase_results, "epoch_info": self.epoch_info, "history": self.history,
                 "elapsed_s": self.elapsed()}
         latest = mngr.latest_step()
@@ -115,12 +125,13 @@ class Cursor:
                   args=ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)),
                                           meta=ocp.args.JsonSave(meta)))
         mngr.wait_until_finished()
+        self._saving_s += time.perf_counter() - t
 
     # -- the loop ----------------------------------------------------------------------------------
 
     def elapsed(self) -> float:
         """Seconds spent in this stage, over every session that worked on it."""
-        return self._elapsed_before + time.perf_counter() - self._start
+        return self._elapsed_before + time.perf_counter() - self._start - self._saving_s
 
     def eta(self, n: int) -> float:
         """Seconds left for epochs up to `n`, at this session's pace so far."""

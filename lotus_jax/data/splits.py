@@ -87,13 +87,18 @@ def forget_indices(labels: np.ndarray, settings: dict[str, Any], seed: int) -> t
     if retain_mask is None:
         retain_mask = np.ones(n, bool)
     retain_mask[forget] = False
-    return forget, np.flatnonzero(retain_mask).astype(np.int64)
+    retain = np.flatnonzero(retain_mask).astype(np.int64)
+    if not len(forget):
+        raise DataError(f"the forget set is empty with {settings}; forget a larger fraction or more ids")
+    if not len(retain):
+        raise DataError(f"the retain set is empty with {settings}; forget fewer examples")
+    return forget, retain
 
 
 def load_ids(path: str, n: int) -> np.ndarray:
     """Reads forget ids (integers separated by whitespace or commas, or a .npy) and validates them."""
     p = Path(path).expanduser()
-    if not p.exists():
+    if not p.is_file():
         raise DataError(f"forget ids file {str(p)!r} does not exist; set --config.data.forget.ids_file")
     try:
         ids = np.load(p) if p.suffix == ".npy" else np.array(

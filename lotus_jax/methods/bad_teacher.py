@@ -70,7 +70,7 @@ def bad_teacher_step(state: TrainState, batch: dict, teachers: dict[str, Variabl
 
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """The Bad Teacher driver: D_r' once, incompetent teacher from `key`, then `cfg.epochs` KL epochs."""
-    cursor = ctx.cursor("bad_teacher")
+    cursor = ctx.cursor("bad_teacher", cfg)
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     sub = retain_subset(ctx.splits.retain, float(cfg.retain_fraction), ctx.seed)
     indices = np.concatenate([ctx.splits.forget, sub])

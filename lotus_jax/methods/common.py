@@ -4,6 +4,7 @@ context a method's driver receives."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -183,9 +184,15 @@ class Context:
     progress_dir: Path | None = None  # per-stage epoch checkpoints (None: none are written)
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)  # set by SIGINT/SIGTERM
 
-    def cursor(self, name: str) -> Cursor:
-        """The epoch cursor of stage `name`: checkpoints in `progress_dir/name`, stop requests, NaN checks."""
-        return Cursor(name, None if self.progress_dir is None else self.progress_dir / name, self.stop, self.log)
+    def cursor(self, name: str, settings: Any = None) -> Cursor:
+        """The epoch cursor of stage `name`: checkpoints in `progress_dir/name`, stop requests, NaN checks.
+
+        `settings` (the stage's config) is stored with each checkpoint; other settings start afresh.
+        """
+        if settings is not None and hasattr(settings, "to_json_best_effort"):
+            settings = json.loads(settings.to_json_best_effort())
+        return Cursor(name, None if self.progress_dir is None else self.progress_dir / name, self.stop, self.log,
+                      settings=settings)
 
     def init_variables(self, key: jax.Array) -> Variables:
         """Freshly initialised variables of the model (e.g. Bad Teacher's incompetent teacher), created

@@ -88,7 +88,7 @@ def make_ce_step(ctx: Context, param_mask: Any | None = None) -> Step:
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """Cross-entropy training on D_r for `cfg.epochs` epochs; batch order from `ctx.seed` (`key` is unused:
     the update has no randomness)."""
-    cursor = ctx.cursor("finetune")
+    cursor = ctx.cursor("finetune", cfg)
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     retain = ctx.splits.retain
     steps = pipeline.num_batches(len(retain), cfg.batch_size)

@@ -122,7 +122,7 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
     every session when a run is resumed from its per-epoch checkpoints.
     """
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
-    cursor = ctx.cursor("lotus")
+    cursor = ctx.cursor("lotus", cfg)
     decimals = 2 if cfg.get("compat", False) else None
     sub = retain_subset(ctx.splits.retain, float(cfg.retain_fraction), ctx.seed)
     indices = np.concatenate([ctx.splits.forget, sub])

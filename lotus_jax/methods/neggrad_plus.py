@@ -84,7 +84,7 @@ def paired_batches(ctx: Context, retain: np.ndarray, forget: np.ndarray, batch_s
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """`cfg.epochs` epochs of paired NegGrad+ steps; batch order from `ctx.seed` (`key` is unused: the update
     has no randomness)."""
-    cursor = ctx.cursor("neggrad_plus")
+    cursor = ctx.cursor("neggrad_plus", cfg)
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     forget, retain = ctx.splits.forget, ctx.splits.retain
     if not len(forget) or not len(retain):

@@ -50,7 +50,7 @@ def wrong_labels(labels: np.ndarray, num_classes: int, rng: np.random.Generator)
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """Per epoch: D_f with fresh wrong labels, then D_r with true labels. Labels and batch order come from
     `ctx.seed` (`key` is unused: the update itself has no randomness)."""
-    cursor = ctx.cursor("random_labels")
+    cursor = ctx.cursor("random_labels", cfg)
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     forget, retain = ctx.splits.forget, ctx.splits.retain
     labels = ctx.dataset.train.labels

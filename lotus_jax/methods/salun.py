@@ -108,7 +108,7 @@ def saliency_mask(ctx: Context, variables: Variables, fraction: float, batch_siz
 def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
     """Saliency mask, then `cfg.epochs` epochs of masked random-label training on D_f ∪ D_r. Labels and
     batch order come from `ctx.seed` (`key` is unused: nothing in the update is random)."""
-    cursor = ctx.cursor("salun")
+    cursor = ctx.cursor("salun", cfg)
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     forget, retain = ctx.splits.forget, ctx.splits.retain
     labels = ctx.dataset.train.labels

@@ -96,7 +96,7 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
     Deterministic given the seed (no sampling beyond the numpy batch order), so `key` is unused.
     """
     del key
-    cursor = ctx.cursor("scrub")
+    cursor = ctx.cursor("scrub", cfg)
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     temperature = float(cfg.kd_temperature)
     teacher = replicate(original, ctx.mesh)

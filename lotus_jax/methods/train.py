@@ -48,7 +48,7 @@ def train(ctx: Context, variables: Variables, indices: np.ndarray, cfg, key: jax
     steps = pipeline.num_batches(len(indices), cfg.batch_size)
     state = create_state(ctx.model, variables, make_optimizer(cfg.optimizer, steps), ctx.mesh)
     step = jax.jit(functools.partial(train_step, prep=ctx.prep), donate_argnums=0)
-    cursor = ctx.cursor(name)
+    cursor = ctx.cursor(name, cfg)
     state = cursor.restore(state)
     for epoch in cursor.epochs(int(cfg.epochs)):
         t = Timer()

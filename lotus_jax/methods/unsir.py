@@ -123,7 +123,7 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
 
     `key` draws the initial noise (the only random draw outside the seeded numpy batch order).
     """
-    cursor = ctx.cursor("unsir")
+    cursor = ctx.cursor("unsir", cfg)
     pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
     epochs, impair_epochs = int(cfg.epochs), int(cfg.impair_epochs)
     if not 0 <= impair_epochs <= epochs:

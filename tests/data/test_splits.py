@@ -82,6 +82,9 @@ def test_bad_ids_are_refused_with_a_one_line_message(tmp_path, content, match):
     ({"mode": "nope"}, "unknown forget mode"),
     ({"mode": "fraction", "fraction": 0.1, "sampling": "last"}, "unknown forget sampling"),
     ({"mode": "ids", "ids_file": "/nonexistent/ids.txt"}, "does not exist"),
+    ({"mode": "ids", "ids_file": ""}, "does not exist"),
+    ({"mode": "fraction", "fraction": 0.001}, "forget set is empty"),
+    ({"mode": "class", "classes": [0, 1, 2, 3, 4]}, "retain set is empty"),
 ])
 def test_bad_settings_are_refused(settings, match):
     with pytest.raises(DataError, match=match):
