@@ -28,9 +28,8 @@ def exists(path: Path) -> bool:
 def save(path: Path, variables: Variables) -> None:
     """Saves variables (empty collections dropped) to `path`, atomically; replaces an older one."""
     tree = {k: v for k, v in variables.items() if jax.tree.leaves(v)}
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(Path(path).absolute(), tree, force=True)
-    ckptr.wait_until_finished()
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:  # synchronous: no writer threads linger
+        ckptr.save(Path(path).absolute(), args=ocp.args.StandardSave(tree), force=True)
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:

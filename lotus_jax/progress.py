@@ -76,7 +76,10 @@ class Cursor:
         if self._manager is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._manager = ocp.CheckpointManager(
-                self.directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True))
+                self.directory.absolute(),
+                # Synchronous: the step waits for each write anyway, and no writer threads outlive the stage.
+                options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
+                                                     enable_async_checkpointing=False))
         return self._manager
 
     def restore(self, state: Any) -> Any:
@@ -140,9 +143,18 @@ class Cursor:
 
     def epochs(self, n: int) -> Iterator[int]:
         """Epoch indices from where the stage stands to `n` (exclusive)."""
-        while self.epoch < n:
-            self._phase = 0
-            yield self.epoch
+        try:
+            while self.epoch < n:
+                self._phase = 0
+                yield self.epoch
+        finally:  # also when the driver breaks out early
+            self.close()
+
+    def close(self) -> None:
+        """Releases the checkpoint manager (its files stay)."""
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
 
     def run_phase(self, step: Callable, state: Any, batches: Iterable[dict], *args: Any,
                   key: jax.Array | None = None) -> tuple[Any, dict[str, float]]:
