@@ -39,7 +39,7 @@ def gap_and_time(metrics: dict[str, Any], path: Path) -> bool:
         vals = [models[n].get(key, math.nan) for n in names]
         errs = [models[n].get(f"{key}_std", 0.0) for n in names]
         colors = ["tab:orange" if n == "lotus" else "tab:gray" for n in names]
-        ax.bar(names, vals, yerr=errs, color=colors, capsize=3)
+        ax.bar(names, vals, yerr=errs if any(errs) else None, color=colors, capsize=3)
         if key == "avg_gap" and "original" in metrics["models"] and "avg_gap" in metrics["models"]["original"]:
             ax.axhline(metrics["models"]["original"]["avg_gap"], ls="--", c="k", lw=1, label="original")
             ax.legend(fontsize=8)
