@@ -187,6 +187,10 @@ def run(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, An
     metrics: dict[str, Any] = {}
     if "evaluate" in stages:
         metrics = evaluate_all(ctx, workdir, methods, load, cfg)
+    try:
+        (workdir / "progress").rmdir()  # only when every stage finished and removed its epoch checkpoints
+    except OSError:
+        pass
     return metrics
 
 
