@@ -45,6 +45,7 @@ def base_config() -> mlc.ConfigDict:
     c.data.crop_size = placeholder(int)  # center: central square kept; resize: output side
     c.data.interpolation = "bilinear"  # bilinear | bicubic (Pillow, antialiased like torchvision on PIL)
     c.data.decode_workers = -1  # threads decoding each tfds batch; -1 = all CPU cores
+    c.data.label_cache = True  # tfds: keep each split's labels in <dataset dir>/lotus_jax_labels/
     c.data.val_fraction = 0.5
     c.data.train_per_class = placeholder(int)  # keep only the first N training images of each class
     c.data.heldout_per_class = placeholder(int)

@@ -86,7 +86,7 @@ def check_workdir(workdir: Path, cfg) -> None:
         return
     saved, current = json.loads(path.read_text()), json.loads(cfg.to_json_best_effort())
     for c in (saved, current):
-        for movable in ("path", "data_dir", "decode_workers"):
+        for movable in ("path", "data_dir", "decode_workers", "label_cache"):
             c.get("data", {}).pop(movable, None)
     diff = [k for k in RUN_DEFINING if saved.get(k) != current.get(k)]
     if diff:

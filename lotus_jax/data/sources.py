@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import io
 import os
@@ -69,12 +68,6 @@ class ArraySource:
         return self.images[np.asarray(indices)]
 
 
-@functools.cache
-def _decode_pool(workers: int) -> ThreadPoolExecutor:
-    """One shared pool per size: threads are started once, not per batch."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="lotus_jax-decode")
-
-
 @dataclasses.dataclass(frozen=True)
 class LazySource:
     """A source that keeps images encoded until a batch asks for them.
@@ -108,7 +101,8 @@ class LazySource:
             out[j] = img
 
         if self.decode_workers > 1 and len(indices) > 1:
-            list(_decode_pool(self.decode_workers).map(put, range(len(indices))))
+            with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="lotus_jax-decode") as pool:
+                list(pool.map(put, range(len(indices))))
         else:
             for j in range(len(indices)):
                 put(j)
@@ -328,6 +322,7 @@ def tfds_dataset(
     name: str, data_dir: str | None = None, train_split: str = "train", heldout_split: str = "test",
     image_size: int | None = None, image_key: str = "image", label_key: str = "label",
     resize: ResizeCrop | None = None, decode_workers: int = 1, channels: int | None = None,
+    label_cache: bool = True,
 ) -> Dataset:
     """A tensorflow-datasets dataset prepared in array_record format, read with `tfds.data_source`.
 
@@ -370,19 +365,21 @@ def tfds_dataset(
         def fetch(indices: np.ndarray) -> list[bytes]:
             return [r[image_key] for r in ds.__getitems__([int(i) for i in indices])]
 
-        labels = _tfds_labels(ds, label_key, Path(builder.data_dir), split)
+        labels = _tfds_labels(ds, label_key, Path(builder.data_dir), split, use_cache=label_cache)
         return LazySource(fetch, decode, labels, class_names, decode(fetch(np.zeros(1, np.int64))[0]).shape,
                           decode_workers)
 
     return Dataset(name, source(train_split), source(heldout_split), num_classes=len(class_names))
 
 
-def _tfds_labels(ds, label_key: str, dataset_dir: Path, split: str, chunk: int = 4096) -> np.ndarray:
+def _tfds_labels(ds, label_key: str, dataset_dir: Path, split: str, chunk: int = 4096, use_cache: bool = True
+                 ) -> np.ndarray:
     """All labels of a split, read in chunks of records (array_record reads a chunk's shards in parallel).
 
     For ImageNet this reads the whole split once (~140 GB for train), so the result is kept in
     `dataset_dir/lotus_jax_labels/` when writable, under a name that changes with the split, the label key
     and the preparation (time stamp of `dataset_info.json`, rewritten by every `tfds build`).
+    `use_cache=False` (`--config.data.label_cache=False`) neither reads nor writes that file.
     """
     n = len(ds)
     try:
@@ -391,16 +388,19 @@ def _tfds_labels(ds, label_key: str, dataset_dir: Path, split: str, chunk: int =
         prepared = 0
     key = hashlib.sha1(f"{split}|{label_key}|{n}|{prepared}".encode()).hexdigest()[:16]
     cache = dataset_dir / "lotus_jax_labels" / f"{key}.npy"
-    try:
-        labels = np.load(cache)
-        if labels.shape == (n,):
-            return labels
-    except (OSError, ValueError):
-        pass
+    if use_cache:
+        try:
+            labels = np.load(cache)
+            if labels.shape == (n,):
+                return labels
+        except (OSError, ValueError):
+            pass
     labels = np.empty(n, np.int32)
     for start in range(0, n, chunk):
         keys = list(range(start, min(n, start + chunk)))
         labels[start:start + len(keys)] = [int(r[label_key]) for r in ds.__getitems__(keys)]
+    if not use_cache:
+        return labels
     tmp = None
     try:
         cache.parent.mkdir(exist_ok=True)
@@ -473,5 +473,5 @@ def _load_full(data_cfg) -> Dataset:
         return tfds_dataset(data_cfg.name, data_cfg.get("data_dir"), data_cfg.get("train_split", "train"),
                             data_cfg.get("heldout_split", "test"), resize=resize_crop_from_config(data_cfg),
                             decode_workers=decode_workers_from_config(data_cfg),
-                            channels=data_cfg.get("channels"))
+                            channels=data_cfg.get("channels"), label_cache=bool(data_cfg.get("label_cache", True)))
     raise DataError(f"unknown data.source {src!r}; valid: digits, folder, tfds")
