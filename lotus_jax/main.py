@@ -137,11 +137,12 @@ def run(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, An
         f"parameters, input {dummy.shape[1:]}, {cfg.dtype}; mesh {dict(mesh.shape)}")
     ckdir = workdir / "checkpoints"
 
-    def obtain(name: str, user_ckpt: str | None, indices: np.ndarray, tcfg, stage_key) -> bool:
+    def obtain(name: str, user_ckpt: str | None, indices: np.ndarray, tcfg, stage_key) -> None:
+        """The model `name` in ckdir: already there, imported from `user_ckpt`, or trained on `indices`."""
         path = ckdir / name
         if checkpoint.exists(path):
             log(f"[{name}] checkpoint found in {path}: skipping training")
-            return True
+            return
         like = jax.eval_shape(init, key)
         if user_ckpt:
             variables = checkpoint.restore(Path(user_ckpt), like, mesh)
@@ -150,7 +151,6 @@ def run(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, An
             variables = train(ctx, ctx.init_variables(stage_key), indices, tcfg, stage_key, name)
         checkpoint.save(path, variables)
         shutil.rmtree(workdir / "progress" / name, ignore_errors=True)
-        return True
 
     def load(name: str) -> dict | None:
         path = ckdir / name
