@@ -41,9 +41,6 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Config sections whose change invalidates what a workdir already holds.
 RUN_DEFINING = ("seed", "data", "model", "dtype", "train", "retrain")
 
-_CONFIG = config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
 
 
 def log(msg: str) -> None:
@@ -295,9 +292,13 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.ERROR)  # orbax and tfds log routine events; ours are printed
-    cfg = _CONFIG.value
+    try:
+        cfg = flags.FLAGS.config  # the config file is read and the overrides applied here
+        cfg.get("seed")  # a config that failed to load is a proxy that raises on first use
+    except FLAG_ERRORS as e:
+        flag_error_exit(e)
     initialize_distributed(cfg.distributed)  # before anything touches a device
-    workdir = Path(_WORKDIR.value or Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])
+    workdir = Path(flags.FLAGS.workdir or Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])
                                                                    ).stem.split(":")[0])
     stop = threading.Event()
     install_stop_handlers(stop)
@@ -317,5 +318,41 @@ def main(argv: list[str]) -> None:
         sys.exit(130)
 
 
+FLAG_ERRORS = (flags.Error, AttributeError, KeyError, OSError, ValueError, TypeError)
+
+
+def flag_error_exit(e: BaseException) -> None:
+    """A bad flag, config file or config key as one line on stderr, exit code 1."""
+    text = str(e)
+    if isinstance(e, (AttributeError, KeyError)):  # ml_collections: an unknown key, with a suggestion
+        text = "unknown config key " + text.strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    print(f"error: {lines[-1] if lines else type(e).__name__}", file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with `flag_error_exit` for what it rejects."""
+    try:
+        return flags.FLAGS(argv)
+    except FLAG_ERRORS as e:
+        flag_error_exit(e)
+        raise
+
+
+def define_flags() -> None:
+    """--config (a configs/*.py file, with --config.key=value overrides) and --workdir.
+
+    Defined when run as a program, not on import; ml_collections applies the overrides already here.
+    """
+    try:
+        config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Config file (configs/*.py).",
+                                        lock_config=True)
+        flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
+    except FLAG_ERRORS as e:
+        flag_error_exit(e)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

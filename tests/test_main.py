@@ -100,9 +100,17 @@ def test_workdir_with_another_config_is_refused(finished_run):
     assert r.returncode == 1 and "different config" in r.stderr and "model" in r.stderr
 
 
-def test_config_typo_fails():
-    r = _main("--config.lotus.alhpa=3")
-    assert r.returncode != 0 and "alhpa" in r.stderr
+@pytest.mark.parametrize("args,message", [
+    (["--config.lotus.alhpa=3"], 'unknown config key \'alhpa\' Did you mean "alpha"'),
+    (["--config.lotus.alpha=abc"], "could not convert string to float"),
+    ([f"--config={ROOT / 'configs/cifar10.py'}:huge"], "unknown config variant 'huge'"),
+    (["--config=/nonexistent/config.py"], "No such file or directory"),
+    (["--bogus=1"], "Unknown command line flag 'bogus'"),
+])
+def test_bad_flags_and_config_files_are_one_line(args, message):
+    r = _main(*args)
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(err) == 1 and message in err[0], r.stderr
 
 
 def test_imagenet_without_prepared_dataset_fails_fast_with_instructions(tmp_path):
