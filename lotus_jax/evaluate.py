@@ -39,16 +39,6 @@ def save_statistics(path: Path, stats: dict[str, SplitStats]) -> None:
     tmp.replace(path)
 
 
-def load_statistics(path: Path) -> dict[str, SplitStats]:
-    with np.load(path) as z:
-        out = {}
-        for split in SPLITS:
-            get = lambda f: z[f"{split}.{f}"] if f"{split}.{f}" in z else None  # noqa: E731
-            out[split] = SplitStats(get("correct"), get("entropy"), get("labels"), get("prob_sums"),
-                                    get("counts"), get("probs"))
-        return out
-
-
 def _unseen_sums(stats: dict[str, SplitStats], unseen: str) -> tuple[np.ndarray, np.ndarray]:
     parts = ("val", "test") if unseen == "val+test" else (unseen,)
     return (sum(stats[p].prob_sums for p in parts), sum(stats[p].counts for p in parts))
