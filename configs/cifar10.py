@@ -14,7 +14,7 @@ CPU-sized variant (width 16, few epochs):
         --config.data.source=folder --config.data.path=/path/to/cifar10-jpeg.tar.gz
 """
 
-from lotus_jax.config_base import base_config, link_epochs
+from lotus_jax.config import base_config, link_epochs
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -26,6 +26,7 @@ def get_config(variant: str = "", num_classes_name: str = "cifar10", alpha: floa
     c.data.name = num_classes_name
     c.data.mean, c.data.std = CIFAR_MEAN, CIFAR_STD
     c.data.augment = "crop_flip"
+    c.data.unlearn_augment = True  # the reference unlearns through the training transform (SPEC §5)
     c.data.forget.fraction = 0.1
     c.model.name = "resnet18"
     c.model.width = 64

@@ -3,29 +3,10 @@
 
     python -m lotus_jax.main --config configs/default.py --workdir runs/default
 
-`python -m lotus_jax.main` with no --config runs this file.
+`python -m lotus_jax.main` with no --config runs the same config from inside the package
+(`lotus_jax/configs/default.py`, which this file re-exports), so an installed package needs no checkout.
 """
 
-from lotus_jax.config_base import base_config, link_epochs
+from lotus_jax.configs.default import get_config
 
-
-def get_config(variant: str = ""):
-    del variant  # already CPU-sized
-    c = base_config()
-    c.data.source = "digits"
-    c.data.mean, c.data.std = (0.3,), (0.4,)
-    c.data.augment = "none"  # 8×8 digits: shifts or flips change the class evidence
-    c.data.forget.fraction = 0.1
-    c.model.name = "resnet18"
-    c.model.width = 16
-    for stage in ("train", "retrain"):
-        c[stage].epochs = 30
-        c[stage].batch_size = 64
-        c[stage].optimizer.lr = 0.05
-        c[stage].optimizer.warmup_epochs = 1
-    c.lotus.batch_size = 32
-    c.lotus.alpha = 8.0
-    c.lotus.epochs = 10
-    c.lotus.optimizer.lr = 1e-3
-    c.eval.batch_size = 256
-    return link_epochs(c)
+__all__ = ["get_config"]

@@ -1,4 +1,5 @@
-"""ImageNet-1k, ViT-B/16, 5 forget / 45 retain images per class, batch 256, lr 1e-6, 3 epochs, alpha 2.
+"""ImageNet-1k, ViT-B/16, 5 forget / 45 retain images per class, batch 256, lr 1e-6, 3 epochs (every method),
+alpha 2.
 
     python -m lotus_jax.main --config configs/imagenet.py --workdir runs/imagenet \
         --config.data.data_dir=/path/to/tfds --config.original_checkpoint=/path/to/vit_b16_orbax
@@ -17,7 +18,8 @@ CPU-sized variant (ViT-Ti/16 at 32 px, 2 per class, random init when no checkpoi
     python -m lotus_jax.main --config configs/imagenet.py:small --workdir runs/imagenet_small
 """
 
-from lotus_jax.config_base import base_config, link_epochs
+from lotus_jax.config import base_config, link_epochs
+from lotus_jax.methods import REGISTRY as METHODS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +42,9 @@ def get_config(variant: str = ""):
     c.data.forget.retain_per_class = 45
     c.model.name = "vit"
     c.model.variant = "B/16"
-    c.lotus.epochs = 3
+    for name in METHODS.names():  # SPEC §5: every method gets LoTUS's epoch budget (SCRUB's max-steps follow)
+        if "epochs" in c[name]:
+            c[name].epochs = 3
     c.lotus.batch_size = 256
     c.lotus.alpha = 2.0
     c.lotus.optimizer.lr = 1e-6

@@ -16,9 +16,9 @@ cost analysis of the compiled (per-device) program, multiplied by the number of 
     MFU              = flops_per_device / median_step_s / peak_flops_per_device
 
 The peak is looked up by `device_kind` in PEAK_TFLOPS (dense figures, H100/H200 as SXM parts) or given with
-`--peak-tflops`; unknown devices, including CPUs, print MFU as n/a. Evaluation: one full pass of
-`evaluate_indices` (host batches -> prefetch -> jitted `make_eval_fn` -> host statistics) over random
-examples, timed after a compiling pass over one batch.
+`--peak-tflops`; unknown devices, including CPUs, print MFU as n/a. Evaluation: one full pass as
+`Context.evaluate` makes it (`EpochLoader` device batches -> jitted `make_eval_fn` -> `evaluate_batches` host
+statistics) over random examples, timed after a compiling pass over one batch.
 """
 
 from __future__ import annotations
@@ -41,13 +41,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lotus_jax.data import pipeline  # noqa: E402
-from lotus_jax.data.sources import ArraySource  # noqa: E402
+from lotus_jax.data.loader import EpochLoader  # noqa: E402
+from lotus_jax.data.sources import ArraySource, Source  # noqa: E402
 from lotus_jax.data.transforms import Preprocess  # noqa: E402
 from lotus_jax.errors import ConfigError  # noqa: E402
-from lotus_jax.methods.common import (create_state, evaluate_indices, make_eval_fn, make_optimizer,  # noqa: E402
-                                      optimizer_config, replicate)
-from lotus_jax.methods.lotus import LotusState, lotus_step  # noqa: E402
+from lotus_jax.evaluate import SplitStats, evaluate_batches, make_eval_fn  # noqa: E402
+from lotus_jax.methods.lotus import lotus_step  # noqa: E402
 from lotus_jax.models import build_model, vit_variant_config  # noqa: E402
+from lotus_jax.train.optim import make_optimizer, optimizer_config  # noqa: E402
+from lotus_jax.train.state import TrainState, Variables, create_state, place  # noqa: E402
 
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -163,16 +165,23 @@ def random_batch(rng: np.random.Generator, batch_size: int, image_size: int, num
     }
 
 
-def time_steps(step: Any, state: LotusState, batch: dict, tau: jax.Array, keys: Sequence[jax.Array]
-               ) -> tuple[LotusState, list[float]]:
+def time_steps(step: Any, state: TrainState, batch: dict, teacher: Variables, tau: jax.Array,
+               keys: Sequence[jax.Array]) -> tuple[TrainState, list[float]]:
     """Runs `step` once per key, timing each call from dispatch to completion."""
     times = []
     for key in keys:
         start = time.perf_counter()
-        state, metrics = step(state, batch, tau, key)
+        state, metrics = step(state, batch, teacher, tau, key)
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - start)
     return state, times
+
+
+def evaluate_indices(eval_fn: Any, variables: Variables, source: Source, indices: np.ndarray, batch_size: int,
+                     mesh: jax.sharding.Mesh, num_classes: int) -> SplitStats:
+    """One evaluation pass over `indices` of `source`, as `Context.evaluate` runs it."""
+    with EpochLoader(source, indices, batch_size, mesh) as batches:
+        return evaluate_batches(eval_fn, variables, batches, num_classes)
 
 
 def bench_eval(model: Any, prep: Preprocess, variables: dict, spec: ModelSpec, eval_batch: int,
@@ -203,21 +212,21 @@ def bench(spec: ModelSpec, dtype: str, args: argparse.Namespace, mesh: jax.shard
     prep = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     example = jnp.zeros((1, spec.image_size, spec.image_size, 3), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))({"params": key}, example)
-    state = create_state(model, variables, make_optimizer(optimizer_config("adamw", 1e-4)), mesh, LotusState,
-                         teacher=variables)
+    state = create_state(model, variables, make_optimizer(optimizer_config("adamw", 1e-4)), mesh)
+    teacher = place(variables, mesh)
     batch = pipeline.to_device(random_batch(rng, spec.batch_size, spec.image_size, spec.num_classes), mesh)
-    tau = replicate(jnp.float32(2.0), mesh)
-    keys = [replicate(jax.random.fold_in(key, i), mesh) for i in range(args.warmup + args.steps)]
+    tau = place(jnp.float32(2.0), mesh)
+    keys = [place(jax.random.fold_in(key, i), mesh) for i in range(args.warmup + args.steps)]
 
     start = time.perf_counter()
     step = jax.jit(functools.partial(lotus_step, prep=prep), donate_argnums=0)
-    compiled = step.lower(state, batch, tau, keys[0]).compile()
+    compiled = step.lower(state, batch, teacher, tau, keys[0]).compile()
     compile_s = time.perf_counter() - start
-    state, _ = time_steps(compiled, state, batch, tau, keys[:args.warmup])
-    state, times = time_steps(compiled, state, batch, tau, keys[args.warmup:])
+    state, _ = time_steps(compiled, state, batch, teacher, tau, keys[:args.warmup])
+    state, times = time_steps(compiled, state, batch, teacher, tau, keys[args.warmup:])
     del state
 
-    eval_s = bench_eval(model, prep, replicate(variables, mesh), spec, args.eval_batch, mesh, rng)
+    eval_s = bench_eval(model, prep, teacher, spec, args.eval_batch, mesh, rng)
     kind = jax.devices()[0].device_kind
     return Result(model=spec.name, dtype=dtype, batch=spec.batch_size, compile_s=compile_s,
                   step_s=statistics.median(times), flops_per_device=compiled_flops(compiled),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import Mesh
 
 from lotus_jax import sharding
@@ -20,16 +20,22 @@ class CheckpointError(ConfigError):
     """A checkpoint that does not fit the configured model; the message names the first mismatch."""
 
 
-def exists(path: Path) -> bool:
+def exists(path: epath.PathLike) -> bool:
     """True when `path` holds a complete orbax checkpoint (orbax renames into place when it commits)."""
-    return (path / "_CHECKPOINT_METADATA").exists()
+    return (epath.Path(path) / "_CHECKPOINT_METADATA").exists()
 
 
-def save(path: Path, variables: Variables) -> None:
+def save(path: epath.PathLike, variables: Variables) -> None:
     """Saves variables (empty collections dropped) to `path`, atomically; replaces an older one."""
     tree = {k: v for k, v in variables.items() if jax.tree.leaves(v)}
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:  # synchronous: no writer threads linger
-        ckptr.save(Path(path).absolute(), args=ocp.args.StandardSave(tree), force=True)
+        ckptr.save(_absolute(path), args=ocp.args.StandardSave(tree), force=True)
+
+
+def _absolute(path: epath.PathLike) -> epath.Path:
+    """Orbax wants absolute paths; bucket paths (gs://...) already are."""
+    path = epath.Path(path)
+    return path if "://" in str(path) else epath.Path(path.absolute())
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
@@ -37,14 +43,14 @@ def _shapes(tree: Any) -> dict[str, tuple]:
     return {jax.tree_util.keystr(p): tuple(getattr(x, "shape", np.shape(x))) for p, x in flat}
 
 
-def restore(path: Path, like: Variables, mesh: Mesh) -> Variables:
+def restore(path: epath.PathLike, like: Variables, mesh: Mesh) -> Variables:
     """Restores the checkpoint at `path` into the structure of `like` (arrays or shape structs), each array
     read straight into its place on `mesh` by the FSDP rule (`sharding.partition_spec`).
 
     Raises CheckpointError naming the first missing, unexpected or differently shaped entry, e.g. a head
     trained for another number of classes.
     """
-    path = Path(path).absolute()
+    path = _absolute(path)
     if not exists(path):
         raise CheckpointError(f"no checkpoint at {path}")
     ckptr = ocp.StandardCheckpointer()

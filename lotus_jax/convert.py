@@ -17,7 +17,6 @@ pass with ``--config.original_checkpoint=DIR``. Errors print ``error: ...`` and 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 
 from lotus_jax import checkpoint
 from lotus_jax.errors import ConfigError
@@ -239,23 +239,31 @@ def describe(imported: Imported, output: str | Path) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lotus_jax.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="checkpoint file or Hugging Face folder")
-    parser.add_argument("--output", required=True, help="orbax checkpoint folder to write")
-    parser.add_argument("--format", default="auto", choices=FORMATS)
-    parser.add_argument("--num_classes", type=int, help="replace the head by a new one for this many classes")
-    parser.add_argument("--head_init", default="zeros", choices=HEAD_INITS, help="initialisation of a new head")
-    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of a LeCun-initialised head")
-    parser.add_argument("--image_size", type=int, help="ViT input resolution (resamples the position embedding)")
-    parser.add_argument("--num_heads", type=int, help="attention heads of a torchvision ViT (not in its file)")
-    return parser.parse_args(argv)
+def parse_args(argv: list[str]) -> flags.FlagValues:
+    """The command line, parsed by absl flags (as `lotus_jax.main`); an error is one line and exit 1."""
+    fv = flags.FlagValues()
+    flags.DEFINE_string("input", None, "checkpoint file or Hugging Face folder", flag_values=fv, required=True)
+    flags.DEFINE_string("output", None, "orbax checkpoint folder to write", flag_values=fv, required=True)
+    flags.DEFINE_enum("format", "auto", FORMATS, "input format", flag_values=fv)
+    flags.DEFINE_integer("num_classes", None, "replace the head by a new one for this many classes", flag_values=fv)
+    flags.DEFINE_enum("head_init", "zeros", HEAD_INITS, "initialisation of a new head", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "PRNG seed of a LeCun-initialised head", flag_values=fv)
+    flags.DEFINE_integer("image_size", None, "ViT input resolution (resamples the position embedding)",
+                         flag_values=fv)
+    flags.DEFINE_integer("num_heads", None, "attention heads of a torchvision ViT (not in its file)", flag_values=fv)
+    try:
+        fv(["python -m lotus_jax.convert", *argv])
+        fv.validate_all_flags()
+    except flags.Error as e:
+        print(f"error: {str(e).splitlines()[0]}\nusage: python -m lotus_jax.convert --input=<file or folder> "
+              f"--output=<folder> [--num_classes=N] [--image_size=N]", file=sys.stderr)
+        sys.exit(1)
+    return fv
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    args = parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         imported = convert(args.input, args.output, args.format, args.num_classes, args.image_size,
                            args.num_heads, args.head_init, args.seed)

@@ -1,24 +1,95 @@
 """Evaluation of trained/unlearned models: one batched pass per split, then the SPEC §4 metrics.
 
-`split_statistics` runs the model; `summarize` turns the statistics of every model into the numbers of
-`metrics.json` (pure: no model, only saved statistics, so reports can be regenerated from disk).
+`evaluate_indices` runs the model over a split; `summarize` turns the statistics of every model into the
+numbers of `metrics.json` (pure: no model, only saved statistics, so reports can be regenerated from disk).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lotus_jax.methods.common import Context, SplitStats, Variables
+from lotus_jax import files, sharding
+from lotus_jax.data.transforms import Preprocess
+from lotus_jax.metrics.stats import batch_statistics
 from lotus_jax.metrics.gap import avg_gap
 from lotus_jax.metrics.jsd import jsd, rf_jsd
 from lotus_jax.metrics.mia import mia
 
+if TYPE_CHECKING:
+    from lotus_jax.train.context import Context
+
+Variables = dict[str, Any]
 SPLITS = ("forget", "retain", "val", "test")
 JSD_FORMS = ("textbook", "compat")
+
+
+@dataclasses.dataclass
+class SplitStats:
+    """Per-example (correct, entropy, labels, optional probs) and per-class (prob_sums, counts) statistics."""
+
+    correct: np.ndarray
+    entropy: np.ndarray
+    labels: np.ndarray
+    prob_sums: np.ndarray
+    counts: np.ndarray
+    probs: np.ndarray | None = None
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.correct)) if len(self.correct) else float("nan")
+
+
+def make_eval_fn(model: nn.Module, prep: Preprocess, num_classes: int) -> Callable:
+    """Jitted (variables, batch, keep_probs) -> batch statistics of the model in inference mode."""
+
+    def fn(variables: Variables, batch: dict, keep_probs: bool) -> dict:
+        logits = model.apply(variables, prep(batch["image"]), train=False)
+        stats = batch_statistics(logits, batch["label"], batch["mask"], num_classes)
+        return stats if keep_probs else {k: v for k, v in stats.items() if k != "probs"}
+
+    return jax.jit(fn, static_argnums=2)
+
+
+def evaluate_batches(eval_fn: Callable, variables: Variables, batches: Iterable[dict], num_classes: int,
+                     keep_probs: bool = False) -> SplitStats:
+    """Runs `eval_fn` over device `batches` and gathers the valid rows on the host.
+
+    Per-class sums add up on the host in float64; with several processes the statistics are gathered on all
+    of them, in the global batch order, so every process gets the one-process result.
+    """
+    host = (sharding.to_host((eval_fn(variables, batch, keep_probs), batch["mask"], batch["label"]))
+            for batch in batches)
+    return statistics_from_outputs(host, num_classes, keep_probs)
+
+
+def statistics_from_outputs(outputs: Iterable[tuple[dict, np.ndarray, np.ndarray]], num_classes: int,
+                            keep_probs: bool = False) -> SplitStats:
+    """SplitStats from host (batch statistics, mask, labels) of every batch: valid rows kept, sums added."""
+    per_example: dict[str, list] = {"correct": [], "entropy": [], "labels": [], "probs": []}
+    prob_sums = np.zeros((num_classes, num_classes), np.float64)
+    counts = np.zeros(num_classes, np.int64)
+    for out, m, labels in outputs:
+        m = np.asarray(m, bool)
+        per_example["correct"].append(out["correct"][m])
+        per_example["entropy"].append(out["entropy"][m])
+        per_example["labels"].append(np.asarray(labels)[m])
+        if keep_probs:
+            per_example["probs"].append(out["probs"][m])
+        prob_sums += out["prob_sums"]
+        counts += out["counts"].astype(np.int64)
+    cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)  # noqa: E731
+    return SplitStats(
+        correct=cat(per_example["correct"], (0,)).astype(bool), entropy=cat(per_example["entropy"], (0,)),
+        labels=cat(per_example["labels"], (0,)).astype(np.int64), prob_sums=prob_sums, counts=counts,
+        probs=cat(per_example["probs"], (0, num_classes)) if keep_probs else None)
 
 
 def split_statistics(ctx: Context, variables: Variables) -> dict[str, SplitStats]:
@@ -34,9 +105,7 @@ def save_statistics(path: Path, stats: dict[str, SplitStats]) -> None:
             value = getattr(st, field)
             if value is not None:
                 arrays[f"{split}.{field}"] = value
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    files.write_npz(path, **arrays)
 
 
 def _unseen_sums(stats: dict[str, SplitStats], unseen: str) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lotus_jax import files  # noqa: E402
+
 SPLIT_COLORS = {"forget": "tab:red", "retain": "tab:blue", "test": "tab:green"}
+
+
+def _save(fig: Any, path: Any) -> None:
+    """Writes the figure as PNG through `files` (atomic, process 0, local or bucket paths) and closes it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    files.write_bytes(path, buf.getvalue())
 
 
 def _run_dirs(workdir: Path, metrics: dict[str, Any]) -> list[Path]:
@@ -46,8 +57,7 @@ def gap_and_time(metrics: dict[str, Any], path: Path) -> bool:
         ax.set_title(label, fontsize=10)
         ax.tick_params(axis="x", rotation=45, labelsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -76,8 +86,7 @@ def lotus_history(run_dir: Path, path: Path) -> bool:
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -106,8 +115,7 @@ def entropy_histograms(run_dir: Path, models: list[str], path: Path) -> bool:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -116,10 +124,77 @@ def write_all(workdir: Path, metrics: dict[str, Any]) -> list[tuple[str, str]]:
     run_dir = _run_dirs(workdir, metrics)[0]
     seed_note = f" (seed {metrics['seeds'][0]})" if metrics.get("seeds") else ""
     made = []
+    if metrics.get("audit"):
+        made += audit_figures(workdir, metrics["audit"])
+    if not metrics.get("models"):
+        return made
     if gap_and_time(metrics, workdir / "gap_time.png"):
         made.append(("gap_time.png", "Avg Gap to the gold model and unlearning time per method"))
     if lotus_history(run_dir, workdir / "lotus_history.png"):
         made.append(("lotus_history.png", f"LoTUS per epoch: student forget accuracy and temperature{seed_note}"))
     if entropy_histograms(run_dir, _order(metrics["models"]), workdir / "entropy.png"):
         made.append(("entropy.png", f"Entropy of the softmax on forget, retain and test examples{seed_note}"))
+    return made
+
+
+def _audit_arrays(workdir: Path) -> dict[str, np.ndarray] | None:
+    path = workdir / "audit" / "scores.npz"
+    if not path.exists():
+        return None
+    with path.open("rb") as f:
+        return dict(np.load(f))
+
+
+def audit_figures(workdir: Path, audit: dict[str, Any]) -> list[tuple[str, str]]:
+    """Epsilon distributions, U-LiRA ROC curves, and confidence histograms of the most and least forgotten
+    examples, from `audit/scores.npz`."""
+    arrays = _audit_arrays(workdir)
+    if arrays is None:
+        return []
+    rows = ["ceiling", *audit["methods"], "floor"]
+    made = []
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.6))
+    eps = [np.minimum(arrays[f"{r}.epsilon"], 50.0) for r in rows]
+    ax.boxplot(eps, showfliers=True)
+    ax.set_xticks(range(1, len(rows) + 1), rows, rotation=20)
+    ax.set_ylabel("per-example ε (capped at 50)")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_title(f"Per-example epsilon, {audit['models']} models per population (lower: better forgotten)")
+    fig.tight_layout()
+    _save(fig, workdir / "audit_epsilon.png")
+    made.append(("audit_epsilon.png", "Per-example epsilon of each population against the gold population"))
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    for r in rows:
+        fpr, tpr = arrays[f"{r}.ulira_roc_fpr"], arrays[f"{r}.ulira_roc_tpr"]
+        ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), label=r, lw=1.2)
+    ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("U-LiRA (leave one model out)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, workdir / "audit_roc.png")
+    made.append(("audit_roc.png", "U-LiRA ROC curves: unlearned vs retrained models (diagonal: indistinguishable)"))
+
+    method = next(iter(audit["methods"]), None)
+    if method is not None and f"{method}.confidence" in arrays:
+        order = np.argsort(arrays[f"{method}.epsilon"], kind="stable")
+        picks = [("least forgotten", i) for i in order[::-1][:3]] + [("most forgotten", i) for i in order[:3]]
+        u, r = arrays[f"{method}.confidence"], arrays["gold.confidence"]
+        fig, axes = plt.subplots(2, 3, figsize=(10, 5))
+        for ax, (label, i) in zip(axes.ravel(), picks):
+            lo, hi = min(u[:, i].min(), r[:, i].min()), max(u[:, i].max(), r[:, i].max())
+            bins = np.linspace(lo, hi + 1e-9, 16)
+            ax.hist(r[:, i], bins=bins, alpha=0.6, label="retrained (gold)", color="tab:green")
+            ax.hist(u[:, i], bins=bins, alpha=0.6, label=method, color="tab:red")
+            ax.set_title(f"{label}: example {i}, ε={arrays[f'{method}.epsilon'][i]:.2f}", fontsize=8)
+            ax.set_xlabel("logit-scaled confidence", fontsize=8)
+        axes[0, 0].legend(fontsize=7)
+        fig.tight_layout()
+        _save(fig, workdir / "audit_confidence.png")
+        made.append(("audit_confidence.png", f"{method}: confidence of unlearned vs retrained models on the three "
+                                             f"least and the three most forgotten forget examples"))
     return made

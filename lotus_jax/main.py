@@ -2,15 +2,15 @@
 
     python -m lotus_jax.main --config configs/default.py --workdir runs/default [--config.key=value ...]
 
-Stages (`--config.stages`, default all): `train` (original model on D_f ∪ D_r), `retrain` (gold model on
-D_r), `unlearn` (each of `--config.methods` from the original model), `evaluate` (metrics.json and
-report.md). A stage whose checkpoint is already in the workdir is skipped, so a rerun continues.
+Stages (`--config.stages`): `train` (original model on D_f ∪ D_r), `retrain` (gold model on D_r), `unlearn`
+(each of `--config.methods` from the original model), `evaluate` (metrics.json and report.md), and `audit`
+(populations of gold and unlearned models, per-example scores; not in the default list). A stage whose
+checkpoint is already in the workdir is skipped, so a rerun continues.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sys
 import threading
@@ -22,25 +22,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
-from lotus_jax import checkpoint, evaluate, report
+from lotus_jax import audit, checkpoint, config, evaluate, files, report
 from lotus_jax.data import load_dataset, load_or_make_splits, preprocess_from_config, split_settings
 from lotus_jax.data.pipeline import check_batch_size
 from lotus_jax.errors import ConfigError
-from lotus_jax.methods import METHODS, get_method
-from lotus_jax.methods.common import Context, make_eval_fn
-from lotus_jax.methods.train import train
-from lotus_jax.models import MODEL_NAMES, build_model
-from lotus_jax.progress import Interrupted, NonFiniteError
+from lotus_jax.evaluate import make_eval_fn
+from lotus_jax.methods import unlearn as unlearn_method
+from lotus_jax.methods.supervised import train
+from lotus_jax.models import build_model
 from lotus_jax.sharding import initialize_distributed, mesh_from_config
+from lotus_jax.train.context import Context
+from lotus_jax.train.runner import Interrupted, NonFiniteError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.py"
-STAGES = ("train", "retrain", "unlearn", "evaluate")
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.py"  # inside the package
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Config sections whose change invalidates what a workdir already holds.
+# Config sections whose change invalidates what a workdir already holds, and data keys that do not.
 RUN_DEFINING = ("seed", "data", "model", "dtype", "train", "retrain")
-
+MOVABLE_DATA_KEYS = ("path", "data_dir", "decode_workers", "label_cache", "skip_corrupt", "unlearn_augment")
 
 
 def log(msg: str) -> None:
@@ -48,32 +49,13 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
-def parse_list(text: str, valid: tuple[str, ...] | list[str], what: str) -> list[str]:
-    items = [s.strip() for s in str(text).split(",") if s.strip()]
-    bad = [s for s in items if s not in valid]
-    if bad or not items:
-        raise ConfigError(f"unknown {what} {bad or '(none)'}; valid: {', '.join(valid)}")
-    return items
-
-
 def validate(cfg) -> tuple[list[str], list[str]]:
-    """Checks what can be checked before any work starts; returns (stages, methods)."""
-    if int(cfg.seed) < 0:
-        raise ConfigError(f"seed {cfg.seed} must be a non-negative integer")
-    stages = parse_list(cfg.stages, STAGES, "stage")
-    methods = parse_list(cfg.methods, sorted(METHODS), "method")
-    if cfg.model.name not in MODEL_NAMES:
-        raise ConfigError(f"unknown model {cfg.model.name!r}; valid: {', '.join(MODEL_NAMES)}")
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {cfg.dtype!r}; valid: {', '.join(DTYPES)}")
-    if cfg.eval.jsd_form not in evaluate.JSD_FORMS:
-        raise ConfigError(f"unknown eval.jsd_form {cfg.eval.jsd_form!r}; valid: {', '.join(evaluate.JSD_FORMS)}")
-    if cfg.eval.rf_jsd_unseen not in ("val", "test", "val+test"):
-        raise ConfigError(f"unknown eval.rf_jsd_unseen {cfg.eval.rf_jsd_unseen!r}; valid: val, test, val+test")
-    return stages, methods
+    """Checks every config key before any work starts (`lotus_jax.config.validate`); returns (stages, methods)."""
+    config.validate(cfg)
+    return config.split_names(cfg.stages), config.split_names(cfg.methods)
 
 
-def check_workdir(workdir: Path, cfg) -> None:
+def check_workdir(workdir: epath.Path, cfg) -> None:
     """Refuses a workdir whose splits/checkpoints were made with a different data/model/training config.
 
     Where the data lives (`data.path`, `data.data_dir`) and how it is decoded may change between runs.
@@ -83,7 +65,7 @@ def check_workdir(workdir: Path, cfg) -> None:
         return
     saved, current = json.loads(path.read_text()), json.loads(cfg.to_json_best_effort())
     for c in (saved, current):
-        for movable in ("path", "data_dir", "decode_workers", "label_cache"):
+        for movable in MOVABLE_DATA_KEYS:
             c.get("data", {}).pop(movable, None)
     diff = [k for k in RUN_DEFINING if saved.get(k) != current.get(k)]
     if diff:
@@ -91,20 +73,17 @@ def check_workdir(workdir: Path, cfg) -> None:
                           f"differ); use a new --workdir")
 
 
-def save_config(workdir: Path, cfg) -> None:
-    if jax.process_index() != 0:
-        return
-    tmp = workdir / "config.json.tmp"
-    tmp.write_text(json.dumps(json.loads(cfg.to_json_best_effort()), indent=2, sort_keys=True))
-    tmp.replace(workdir / "config.json")
+def save_config(workdir: epath.Path, cfg) -> None:
+    files.write_json(workdir / "config.json", json.loads(cfg.to_json_best_effort()), sort_keys=True)
 
 
-def run(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, Any]:
+def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[str, Any]:
     """Runs the configured stages in `workdir`; returns the metrics (when evaluated).
 
     Every training/unlearning stage writes a checkpoint at the end of each epoch under `workdir/progress/`
     (and when `stop` is set, after the current step), so rerunning the same command continues exactly.
     """
+    workdir = epath.Path(workdir)
     stages, methods = validate(cfg)
     check_workdir(workdir, cfg)
     dataset = load_dataset(cfg.data)
@@ -128,7 +107,9 @@ def run(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, An
     ctx = Context(model=model, prep=prep, dataset=dataset, splits=splits, mesh=mesh,
                   eval_fn=make_eval_fn(model, prep, dataset.num_classes), init_fn=init,
                   eval_batch_size=cfg.eval.batch_size, seed=cfg.seed, log=log, progress_dir=workdir / "progress",
-                  stop=stop or threading.Event())
+                  stop=stop or threading.Event(), skip_corrupt=bool(cfg.data.get("skip_corrupt", False)),
+                  data_threads=int(cfg.data.get("decode_workers", -1)),
+                  unlearn_augment=bool(cfg.data.get("unlearn_augment", False)))
     key = jax.random.key(cfg.seed)
     log(f"model: {cfg.model.name}, {sum(x.size for x in jax.tree.leaves(jax.eval_shape(init, key)['params'])):,} "
         f"parameters, input {dummy.shape[1:]}, {cfg.dtype}; mesh {dict(mesh.shape)}")
@@ -147,7 +128,7 @@ def run(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, An
         else:
             variables = train(ctx, ctx.init_variables(stage_key), indices, tcfg, stage_key, name)
         checkpoint.save(path, variables)
-        shutil.rmtree(workdir / "progress" / name, ignore_errors=True)
+        (workdir / "progress" / name).rmtree(missing_ok=True)
 
     def load(name: str) -> dict | None:
         path = ckdir / name
@@ -166,7 +147,7 @@ def run(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, An
                              f"--config.original_checkpoint=<orbax checkpoint>")
         results_dir.mkdir(exist_ok=True)
         for name in methods:
-            settings = json.loads(cfg[name].to_json_best_effort())
+            settings = {**json.loads(cfg[name].to_json_best_effort()), "unlearn_augment": ctx.unlearn_augment}
             done = results_dir / f"{name}.json"
             if checkpoint.exists(ckdir / name) and done.exists():
                 if json.loads(done.read_text()).get("settings") == settings:
@@ -177,29 +158,48 @@ def run(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, An
             method_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
             record = run_method(ctx, name, original, cfg[name], method_key, ckdir / name)
             record["settings"] = settings
-            if jax.process_index() == 0:
-                (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
+            files.write_json(results_dir / f"{name}.json", record)
             if not record.get("failed"):  # a failed method keeps its last good epoch checkpoint
-                shutil.rmtree(workdir / "progress" / name, ignore_errors=True)
+                (workdir / "progress" / name).rmtree(missing_ok=True)
     metrics: dict[str, Any] = {}
     if "evaluate" in stages:
         metrics = evaluate_all(ctx, workdir, methods, load, cfg)
+    if "audit" in stages:
+        original = load("original")
+        if original is None:
+            raise ConfigError(f"no original model in {ckdir}: add 'train' to --config.stages or pass "
+                              f"--config.original_checkpoint=<orbax checkpoint>")
+        metrics = metrics or (files.read_json(workdir / "metrics.json") if (workdir / "metrics.json").exists()
+                              else {})
+        metrics["audit"] = audit.run_audit(ctx, cfg, workdir, original, jax.random.fold_in(key, 3),
+                                           config.split_names(cfg.audit.methods))
+        write_metrics(workdir, metrics)
     try:
         (workdir / "progress").rmdir()  # only when every stage finished and removed its epoch checkpoints
-    except OSError:
+    except (OSError, ValueError):  # not empty (a failed method keeps its last good epoch), or absent
         pass
     return metrics
 
 
-def run_method(ctx: Context, name: str, original: dict, mcfg, key: jax.Array, ckpt: Path) -> dict[str, Any]:
+def failure_reason(e: BaseException) -> str:
+    """One line for a failed method: the error's first line, or its last where the first only announces a
+    traceback (errors raised inside a jitted step's host callback)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(lines) > 1 and text.endswith("Traceback (most recent call last):"):
+        text = lines[-1]
+    return f"{type(e).__name__}: {text}"
+
+
+def run_method(ctx: Context, name: str, original: dict, mcfg, key: jax.Array, ckpt: epath.Path) -> dict[str, Any]:
     """Runs one method and saves its checkpoint; a method that raises or ends with non-finite parameters
     is recorded as failed with its reason, so the other methods still run and are reported."""
     try:
-        result = get_method(name)(ctx, original, mcfg, key)
+        result = unlearn_method(ctx, name, original, mcfg, key)
     except (ConfigError, Interrupted):
         raise
     except Exception as e:  # a failing method (NaN loss, say) must not take the comparison down with it
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        reason = failure_reason(e)
         log(f"[{name}] failed: {reason}")
         return {"failed": reason}
     record = {"time_s": result.time_s, "history": result.history, **result.extra}
@@ -212,7 +212,7 @@ def run_method(ctx: Context, name: str, original: dict, mcfg, key: jax.Array, ck
     return record
 
 
-def evaluate_all(ctx: Context, workdir: Path, methods: list[str], load, cfg) -> dict[str, Any]:
+def evaluate_all(ctx: Context, workdir: epath.Path, methods: list[str], load, cfg) -> dict[str, Any]:
     """Statistics of every available model, then metrics.json and report.md."""
     stats_dir = workdir / "stats"
     stats_dir.mkdir(exist_ok=True)
@@ -241,15 +241,16 @@ def evaluate_all(ctx: Context, workdir: Path, methods: list[str], load, cfg) -> 
     return metrics
 
 
-def write_metrics(workdir: Path, metrics: dict[str, Any]) -> None:
+def write_metrics(workdir: epath.Path, metrics: dict[str, Any]) -> None:
     """metrics.json (atomically), then report.md and figures; prints the table. Process 0 only."""
-    if jax.process_index() != 0:
+    if not files.writes():
         return
-    tmp = workdir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(workdir / "metrics.json")
+    files.write_json(workdir / "metrics.json", metrics)
     report.write(workdir)
-    log("\n" + report.table(metrics) + "\n")
+    if metrics.get("models"):
+        log("\n" + report.table(metrics) + "\n")
+    if metrics.get("audit"):
+        log("\n" + report.audit_table(metrics["audit"]) + "\n")
     log(f"wrote {workdir / 'metrics.json'} and {workdir / 'report.md'}")
 
 
@@ -268,13 +269,14 @@ def install_stop_handlers(stop: threading.Event) -> None:
         signal.signal(sig, handler)
 
 
-def run_seeds(cfg, workdir: Path, stop: threading.Event | None = None) -> dict[str, Any]:
+def run_seeds(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[str, Any]:
     """The whole comparison once per seed of `cfg.seeds` (in `workdir/seed_<s>`), then mean ± std."""
     try:
         seeds = [int(s) for s in str(cfg.seeds).split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"seeds must be comma-separated integers, got {cfg.seeds!r}") from None
     validate(cfg)
+    workdir = epath.Path(workdir)
     per_seed = {}
     for s in seeds:
         c = cfg.copy_and_resolve_references()
@@ -298,7 +300,7 @@ def main(argv: list[str]) -> None:
     except FLAG_ERRORS as e:
         flag_error_exit(e)
     initialize_distributed(cfg.distributed)  # before anything touches a device
-    workdir = Path(flags.FLAGS.workdir or Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])
+    workdir = epath.Path(flags.FLAGS.workdir or Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])
                                                                    ).stem.split(":")[0])
     stop = threading.Event()
     install_stop_handlers(stop)

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
+
+from absl import app
+from etils import epath
+
+from lotus_jax import files
 
 # (key, header, scale, rule): rule "min" = lower is better, "gold" = closest to the gold model is best.
 COLUMNS = (
@@ -71,24 +75,74 @@ def table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+AUDIT_COLUMNS = (
+    ("forget_score", "Forget score", ".4f"), ("final_score", "Final score", ".4f"), ("ulira_auc", "U-LiRA AUC", ".4f"),
+    ("ulira_tpr_at_1pct_fpr", "TPR@1%FPR", ".4f"), ("mean_epsilon", "mean ε", ".2f"),
+    ("time_per_model_s", "Time per model (s)", ".2f"),
+)
+
+
+def audit_table(audit: dict[str, Any]) -> str:
+    """The per-example audit in Markdown: the gold-vs-gold ceiling, each method, the original-model floor."""
+    rows = [(f"ceiling (gold vs gold, {audit['models'] // 2} + {audit['models'] - audit['models'] // 2})",
+             audit["ceiling"])]
+    rows += [(name, m) for name, m in audit["methods"].items()]
+    rows += [("floor (original, not unlearned)", audit["floor"])]
+    pop_keys = ("acc_forget", "acc_test", "mia")
+    lines = ["| population | " + " | ".join(c[1] for c in AUDIT_COLUMNS) + " | Acc forget | Acc test | MIA |",
+             "|---" * (len(AUDIT_COLUMNS) + 4) + "|"]
+    for label, m in rows:
+        cells = [format(m[k], fmt) if isinstance(m.get(k), (int, float)) else "—" for k, _, fmt in AUDIT_COLUMNS]
+        pop = m.get("population", {})
+        cells += [f"{pop[k]:.4f} ± {pop[k + '_std']:.4f}" if k in pop else "—" for k in pop_keys]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def audit_section(audit: dict[str, Any]) -> list[str]:
+    n, originals = audit["models"], audit["originals"]
+    start = "one original model (the NeurIPS 2023 challenge protocol)" if originals == "one" else \
+        "one original model per member"
+    return [
+        "## Per-example forgetting audit", "",
+        audit_table(audit), "",
+        f"Populations of {n} models each, every member with its own seed (initialisation, data order, method "
+        f"randomness); unlearned members start from {start}. Per forget example the challenge's epsilon compares "
+        "the logit-scaled confidences of the unlearned and the retrained (gold) population; the forget score "
+        "averages 2^-bucket points over examples (higher: more examples indistinguishable from never trained), "
+        "the final score multiplies it by the retain- and test-accuracy ratios. U-LiRA fits a Gaussian per "
+        "example and population, leave one model out; AUC 0.5 means the attack cannot tell unlearned from "
+        "retrained models. With few models even identical populations score well below 1, so read each method "
+        "between the ceiling (two halves of the gold population against each other) and the floor (the "
+        "original model(s) scored as if unlearned). Accuracies and MIA: mean ± standard deviation across members.",
+    ]
+
+
 def render(metrics: dict[str, Any], config_text: str | None = None, figures: list[tuple[str, str]] = ()) -> str:
-    """The whole `report.md`; `figures` are (file name, caption) pairs embedded after the table."""
+    """The whole `report.md`; `figures` are (file name, caption) pairs embedded after their table."""
     form = metrics.get("jsd_form", "textbook")
     form_text = ("textbook JSD (0.5·KL(p‖m) + 0.5·KL(q‖m), bounded by ln 2)" if form == "textbook" else
                  "the reference code's `compat` JSD form (reversed KL, divided by the number of rows), the form "
                  "of the published numbers")
-    parts = [
-        "# LoTUS unlearning report", "",
-        table(metrics), "",
-        f"JSD and RF-JSD are in {form_text}, shown ×1e4. RF-JSD compares each model's class-mean softmax on "
-        f"the forget set with the original model's on the `{metrics.get('rf_jsd_unseen', 'val')}` split. "
-        "Avg Gap is the mean absolute difference to the gold model over MIA and forget/retain/test accuracy "
-        "(lower is better). Bold: best unlearned model per column (closest to gold for MIA and accuracies).",
-    ]
+    parts = ["# LoTUS unlearning report"]
+    if metrics.get("models"):
+        parts += [
+            "", table(metrics), "",
+            f"JSD and RF-JSD are in {form_text}, shown ×1e4. RF-JSD compares each model's class-mean softmax on "
+            f"the forget set with the original model's on the `{metrics.get('rf_jsd_unseen', 'val')}` split. "
+            "Avg Gap is the mean absolute difference to the gold model over MIA and forget/retain/test accuracy "
+            "(lower is better). Bold: best unlearned model per column (closest to gold for MIA and accuracies).",
+        ]
     if metrics.get("seeds"):
         parts += ["", f"Mean ± standard deviation over seeds {', '.join(map(str, metrics['seeds']))}."]
     for file, caption in figures:
-        parts += ["", f"![{caption}]({file})", "", f"*{caption}*"]
+        if not file.startswith("audit_"):
+            parts += ["", f"![{caption}]({file})", "", f"*{caption}*"]
+    if metrics.get("audit"):
+        parts += ["", *audit_section(metrics["audit"])]
+        for file, caption in figures:
+            if file.startswith("audit_"):
+                parts += ["", f"![{caption}]({file})", "", f"*{caption}*"]
     if metrics.get("compat"):
         parts += ["", "compat mode: accuracies and MIA rounded to 2 decimals before gaps and temperatures."]
     if config_text:
@@ -96,36 +150,32 @@ def render(metrics: dict[str, Any], config_text: str | None = None, figures: lis
     return "\n".join(parts) + "\n"
 
 
-def write(workdir: Path) -> Path:
+def write(workdir: epath.PathLike) -> epath.Path:
     """Regenerates `report.md` and its figures in `workdir` from saved files only: `metrics.json`, and
     where present `config.json`, `results/*.json` (per-epoch histories) and `stats/*.npz` (entropies)."""
     from lotus_jax import figures
 
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     metrics_path = workdir / "metrics.json"
     if not metrics_path.exists():
-        raise FileNotFoundError(f"{metrics_path} does not exist; run the evaluate stage first")
+        raise FileNotFoundError(f"{metrics_path} does not exist; run the evaluate or audit stage first")
     metrics = json.loads(metrics_path.read_text())
     cfg = workdir / "config.json"
     made = figures.write_all(workdir, metrics)
     out = workdir / "report.md"
-    tmp = workdir / "report.md.tmp"
-    tmp.write_text(render(metrics, cfg.read_text() if cfg.exists() else None, made))
-    tmp.replace(out)
+    files.write_text(out, render(metrics, cfg.read_text() if cfg.exists() else None, made))
     return out
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
     if len(argv) != 2:
-        print("usage: python -m lotus_jax.report <workdir>", file=sys.stderr)
-        return 2
+        raise app.UsageError("usage: python -m lotus_jax.report <workdir>")
     try:
-        print(write(Path(argv[1])))
+        print(write(epath.Path(argv[1])))
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    app.run(main)

@@ -77,11 +77,11 @@ def _main(*args, cwd=None):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("--config.methods=lotus,forgetful", "unknown method ['forgetful']"),
-    ("--config.stages=train,deploy", "unknown stage ['deploy']"),
-    ("--config.data.forget.fraction=1.5", "forget fraction 1.5 is outside (0, 1)"),
+    ("--config.methods=lotus,forgetful", "unknown method 'forgetful' in methods; valid: lotus,"),
+    ("--config.stages=train,deploy", "unknown stage 'deploy' in stages; valid: train,"),
+    ("--config.data.forget.fraction=1.5", "data.forget.fraction must be a number in (0, 1), got 1.5"),
     ("--config.data.source=folder", "data.source=folder needs --config.data.path"),
-    ("--config.model.name=vgg", "unknown model 'vgg'"),
+    ("--config.model.name=vgg", "unknown model.name 'vgg'; valid: resnet18, vit"),
 ])
 def test_bad_input_is_one_line_and_keeps_the_workdir(finished_run, override, message, tmp_path):
     workdir, _ = finished_run
@@ -121,24 +121,25 @@ def test_imagenet_without_prepared_dataset_fails_fast_with_instructions(tmp_path
     assert "imagenet2012" in err[0] and "manual_dir" in err[0]
 
 
-def test_a_failing_method_is_recorded_and_the_others_still_run(finished_run, tmp_path, monkeypatch):
+def test_a_failing_method_is_recorded_and_the_others_still_run(finished_run, tmp_path, register_method):
     import shutil
+    import types
 
     import jax
 
-    from lotus_jax import methods
     from lotus_jax.methods import lotus
+    from lotus_jax.train.state import variables_of
 
     def broken(ctx, original, cfg, key):
         raise FloatingPointError("loss is nan at step 3")
 
     def diverged(ctx, original, cfg, key):
-        res = lotus.unlearn(ctx, original, ctx_cfg.lotus, key)
-        res.variables = jax.tree.map(lambda x: x * float("nan"), res.variables)
-        return res
+        plan = lotus.plan(ctx, original, cfg, key)
+        plan.finish = lambda state: jax.tree.map(lambda x: x * float("nan"), variables_of(state))
+        return plan
 
-    monkeypatch.setitem(methods.METHODS, "broken", broken)
-    monkeypatch.setitem(methods.METHODS, "diverged", diverged)
+    register_method("broken", types.SimpleNamespace(default_config=lotus.default_config, plan=broken))
+    register_method("diverged", types.SimpleNamespace(default_config=lotus.default_config, plan=diverged))
     workdir = tmp_path / "w"
     shutil.copytree(finished_run[0], workdir)
     ctx_cfg = tiny_config()

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _lotus_config():
     from lotus_jax.methods import lotus
-    from lotus_jax.methods.common import optimizer_config
+    from lotus_jax.train.optim import optimizer_config
 
     cfg = lotus.default_config()
     cfg.update({"epochs": 2, "batch_size": BATCH, "alpha": 8.0, "stop_threshold": None})
@@ -44,10 +44,9 @@ def run_problem(ctx, original) -> dict[str, np.ndarray]:
     """LoTUS from `original`, then statistics of the result on D_f and D_u: a flat dict of host arrays."""
     import jax
 
-    from lotus_jax import sharding
-    from lotus_jax.methods import lotus
+    from lotus_jax import methods, sharding
 
-    res = lotus.unlearn(ctx, original, _lotus_config(), jax.random.key(11))
+    res = methods.unlearn(ctx, "lotus", original, _lotus_config(), jax.random.key(11))
     out = {f"history/{k}": np.asarray([h[k] for h in res.history], np.float64) for k in ("acc_f", "tau", "loss")}
     out["acc_u"] = np.float64(res.extra["acc_u"])
     for path, x in jax.tree_util.tree_flatten_with_path(sharding.to_host(res.variables))[0]:

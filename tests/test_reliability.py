@@ -10,21 +10,19 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import chex
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from lotus_jax import checkpoint
-from lotus_jax.methods.common import TrainState
-from lotus_jax.progress import Cursor, Interrupted, NonFiniteError
+from lotus_jax.train import runner
+from lotus_jax.train.resume import StageCheckpoints
+from lotus_jax.train.runner import Interrupted, NonFiniteError
+from tests.train.toy import StopAfter, regression_plan, regression_state, toy_context
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = '''
@@ -45,80 +43,63 @@ def get_config(variant=""):
 '''
 
 
-# -- the cursor on a toy problem ------------------------------------------------------------------------
+# -- the runner on a toy problem ------------------------------------------------------------------------
 
-def _toy_state():
-    model = nn.Dense(1)
-    params = model.init(jax.random.key(0), jnp.ones((1, 3)))["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(0.1), batch_stats={})
-
-
-def _toy_step(state, batch, key):
-    def loss_fn(p):
-        pred = state.apply_fn({"params": p}, batch["x"])[:, 0]
-        return jnp.mean((pred - batch["y"] - 0.01 * jax.random.normal(key, batch["y"].shape)) ** 2)
-
-    loss, g = jax.value_and_grad(loss_fn)(state.params)
-    return state.apply_gradients(grads=g), {"loss": loss}
+def _toy_run(directory, epochs=3, stop_after=None, poison=None, log=lambda s: None):
+    """Runs the toy regression stage (6 batches per epoch) through `runner.run` with checkpoints in
+    `directory`; `stop_after=k` sets the stop flag when the k-th batch of the stage is taken, `poison={epoch:
+    step}` puts a NaN in that step's target. Returns the MethodResult (variables: params, opt_state, step)."""
+    if stop_after is None:
+        ctx = toy_context(progress_dir=directory, log=log)
+    else:
+        ctx = toy_context(progress_dir=directory, log=log, cls=StopAfter, after=stop_after)
+    plan = regression_plan(epochs, poison=poison, shuffle=poison is None)
+    return runner.run(ctx, "toy", lambda: plan, {"epochs": epochs}, jax.random.key(0))
 
 
-def _toy_batches(epoch, n=6, poison_at=None):
-    rng = np.random.default_rng(epoch)
-    for i in range(n):
-        x = rng.normal(size=(4, 3)).astype(np.float32)
-        y = x.sum(1) if i != poison_at else np.full(4, np.nan, np.float32)
-        yield {"x": x, "y": y}
-
-
-def _toy_run(directory, epochs=3, stop_after=None, poison=None):
-    """Runs the toy loop; `stop_after=(epoch, step)` sets the stop flag there; returns (cursor, state)."""
-    stop = threading.Event()
-    cursor = Cursor("toy", directory, stop, log=lambda s: None)
-    state = cursor.restore(_toy_state())
-    step = jax.jit(_toy_step)
-
-    def stepper(state, batch, key):
-        out = step(state, batch, key)
-        if stop_after and (cursor.epoch, int(out[0].step)) == stop_after:
-            stop.set()
-        return out
-
-    for epoch in cursor.epochs(epochs):
-        state, m = cursor.run_phase(stepper, state, _toy_batches(epoch, poison_at=poison and poison.get(epoch)),
-                                    key=jax.random.key(epoch))
-        cursor.end_epoch(state, {"loss": m["loss"]})
-    return cursor, state
+def _without_time(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
 def test_stop_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    ref_cursor, ref = _toy_run(None)
+    ref = _toy_run(None)
     with pytest.raises(Interrupted, match="stopped in epoch 2 after step 2"):
-        _toy_run(tmp_path / "a", stop_after=(1, 8))  # global step 8 = epoch 2, step 2
-    cursor, state = _toy_run(tmp_path / "a")
-    chex.assert_trees_all_equal(state.params, ref.params)
-    chex.assert_trees_all_equal(state.opt_state, ref.opt_state)
-    assert cursor.history == ref_cursor.history  # epoch means include the steps before the stop
+        _toy_run(tmp_path / "a", stop_after=8)  # batch 8 of the stage = epoch 2, step 2
+    logs = []
+    res = _toy_run(tmp_path / "a", log=logs.append)
+    assert any("resuming: epoch 2" in line for line in logs), logs
+    chex.assert_trees_all_equal(jax.device_get(res.variables), jax.device_get(ref.variables))
+    assert int(res.variables["step"]) == 18
+    # Epoch means include the steps before the stop.
+    assert _without_time(res.history) == _without_time(ref.history)
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path):
+    ref = _toy_run(None, epochs=2)
     _toy_run(tmp_path / "a", epochs=2)
-    steps = sorted(int(p.name) for p in (tmp_path / "a").iterdir() if p.name.isdigit())
-    latest = tmp_path / "a" / str(steps[-1])
+    steps = sorted(int(p.name) for p in (tmp_path / "a" / "toy").iterdir() if p.name.isdigit())
+    assert len(steps) == 2  # after epoch 1 and after epoch 2
+    latest = tmp_path / "a" / "toy" / str(steps[-1])
     for f in latest.rglob("*"):  # simulate a write cut short: the data files are gone
         if f.is_file() and "METADATA" not in f.name:
             f.unlink()
     logs = []
-    cursor = Cursor("toy", tmp_path / "a", log=logs.append)
-    cursor.restore(_toy_state())
-    assert cursor.epoch == 1 and any("unreadable" in line for line in logs)
+    res = _toy_run(tmp_path / "a", epochs=2, log=logs.append)
+    assert any("unreadable" in line for line in logs) and any("resuming: epoch 2" in line for line in logs), logs
+    # Epoch 2 was run again from the checkpoint of epoch 1, to the same result.
+    chex.assert_trees_all_equal(jax.device_get(res.variables), jax.device_get(ref.variables))
+    assert _without_time(res.history) == _without_time(ref.history)
 
 
 def test_nan_stops_the_stage_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteError, match="loss is nan at epoch 2, step 4"):
-        _toy_run(tmp_path / "a", poison={1: 3})
-    cursor = Cursor("toy", tmp_path / "a", log=lambda s: None)
-    state = cursor.restore(_toy_state())
-    assert cursor.epoch == 1 and int(state.step) == 6
+        _toy_run(tmp_path / "a", poison={1: 4})
+    ckpts = StageCheckpoints("toy", tmp_path / "a" / "toy", {"epochs": 3}, lambda s: None)
+    try:
+        state, position = ckpts.restore(regression_state())
+    finally:
+        ckpts.close()
+    assert position["epoch"] == 1 and int(state.step) == 6
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
 
 
@@ -184,7 +165,7 @@ def test_interrupted_unlearning_resumes_to_the_same_result(trained, tmp_path, si
         assert code == -signal.SIGKILL
     else:
         assert code == 130 and "Run the same command again to resume" in err
-    assert "[lotus] resuming from checkpoint" in resumed_out
+    assert "[lotus] resuming: epoch" in resumed_out
     chex.assert_trees_all_equal(_params(work), _params(ref))
     assert _metrics_without_time(work) == _metrics_without_time(ref)
     assert not (work / "progress" / "lotus").exists()  # cleaned up once the stage finished

@@ -55,7 +55,7 @@ def test_write_regenerates_from_files(tmp_path):
     text = out.read_text()
     for fig in ("gap_time.png", "lotus_history.png", "entropy.png"):
         assert (tmp_path / fig).read_bytes()[:4] == b"\x89PNG" and f"]({fig})" in text
-    with pytest.raises(FileNotFoundError, match="run the evaluate stage"):
+    with pytest.raises(FileNotFoundError, match="run the evaluate or audit stage"):
         report.write(tmp_path / "nowhere")
 
 

@@ -19,7 +19,7 @@ from lotus_jax import checkpoint, sharding
 from lotus_jax.data import pipeline
 from lotus_jax.errors import ConfigError
 from lotus_jax.methods import lotus
-from lotus_jax.methods.common import create_state, variables_of
+from lotus_jax.train.state import create_state, place, variables_of
 from tests.methods.helpers import TinyCNN, make_context
 
 MESHES = [(8, 1), (4, 2), (1, 8)]
@@ -105,10 +105,11 @@ def test_optimizer_state_and_teacher_follow_their_parameters():
     variables = jax.device_get(
         model.init({"params": jax.random.key(0)}, jnp.zeros((1, 8, 8, 1)), train=False))
     mesh = pipeline.make_mesh(1, fsdp=8)
-    state = create_state(model, variables, optax.adamw(1e-3), mesh, lotus.LotusState, teacher=variables)
+    state = create_state(model, variables, optax.adamw(1e-3), mesh)
+    teacher = place(variables, mesh)  # how LoTUS, SCRUB and Bad Teacher place their frozen teacher
     assert _spec(_leaf(state.params, KERNEL[1:])) == P("fsdp", None)
     adam = state.opt_state[0]
-    for tree in (adam.mu, adam.nu, state.teacher["params"]):
+    for tree in (adam.mu, adam.nu, teacher["params"]):
         for p, x in zip(jax.tree.leaves(state.params), jax.tree.leaves(tree), strict=True):
             assert x.sharding == p.sharding
     assert _spec(adam.count) == P() and _spec(state.step) == P()
@@ -130,12 +131,12 @@ def _two_lotus_steps(mesh):
     model = TinyCNN(10)
     variables = jax.device_get(
         model.init({"params": jax.random.key(0)}, jnp.zeros((1, 8, 8, 1)), train=False))
-    state = create_state(model, variables, optax.sgd(0.05, momentum=0.9), mesh, lotus.LotusState,
-                         teacher=variables)
+    state = create_state(model, variables, optax.sgd(0.05, momentum=0.9), mesh)
+    teacher = place(variables, mesh)
     batch = pipeline.to_device(_batch(), mesh)
     step = jax.jit(functools.partial(lotus.lotus_step, prep=_prep), donate_argnums=0)
-    state, m1 = step(state, batch, jnp.float32(1.5), jax.random.key(7))
-    state, m2 = step(state, batch, jnp.float32(0.8), jax.random.key(8))
+    state, m1 = step(state, batch, teacher, jnp.float32(1.5), jax.random.key(7))
+    state, m2 = step(state, batch, teacher, jnp.float32(0.8), jax.random.key(8))
     return state, [float(m1["loss"]), float(m2["loss"])]
 
 

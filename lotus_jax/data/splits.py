@@ -1,21 +1,24 @@
 """Forget / retain / val / test splits (SPEC §2) as pure functions of (labels, settings, seed).
 
 Indices of forget and retain point into the training source; val and test into the held-out source.
-A split is saved in the workdir (`splits.npz` plus its settings) and a rerun reuses it.
+The held-out source is split per class into val and test, or, when it is made of a val and a test folder
+(`data.test_split`), val is the first folder and test the second. A split is saved in the workdir
+(`splits.npz` plus its settings) and a rerun reuses it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lotus_jax.data.sources import DataError
+from lotus_jax.data.sources import DataError, heldout_val_size
+from lotus_jax.registry import Registry
 
-FORGET_MODES = ("fraction", "class", "ids", "per_class")
 SAMPLINGS = ("random", "first")
 
 
@@ -37,52 +40,87 @@ def _pick(rng: np.random.Generator, idx: np.ndarray, k: int, sampling: str) -> n
     return idx[:k] if sampling == "first" else rng.permutation(idx)[:k]
 
 
+@dataclasses.dataclass(frozen=True)
+class ForgetMode:
+    """One `data.forget.mode`: which config keys define its split, and how it picks the forget set.
+
+    `select(labels, settings, rng, sampling)` returns (forget, retain mask or None = everything else).
+    """
+
+    settings: Callable[[Any], dict[str, Any]]
+    select: Callable[[np.ndarray, dict[str, Any], np.random.Generator, str], tuple[np.ndarray, np.ndarray | None]]
+    class_unlearning: bool = False
+
+
+FORGET_MODES: Registry[ForgetMode] = Registry("forget mode", DataError)
+
+
+def _fraction(labels: np.ndarray, settings: dict[str, Any], rng: np.random.Generator, sampling: str
+              ) -> tuple[np.ndarray, None]:
+    frac = float(settings["fraction"])
+    if not 0.0 < frac < 1.0:
+        raise DataError(f"forget fraction {frac} is outside (0, 1); set --config.data.forget.fraction")
+    chosen = [_pick(rng, np.flatnonzero(labels == c), int(round(frac * np.sum(labels == c))), sampling)
+              for c in np.unique(labels)]
+    return np.concatenate(chosen), None
+
+
+def _class(labels: np.ndarray, settings: dict[str, Any], rng: np.random.Generator, sampling: str
+           ) -> tuple[np.ndarray, None]:
+    classes = np.unique(labels)
+    wanted = np.atleast_1d(np.asarray(settings["classes"], dtype=np.int64))
+    missing = sorted(set(wanted.tolist()) - set(classes.tolist()))
+    if wanted.size == 0 or missing:
+        raise DataError(f"class(es) to forget {missing or '[]'} do not exist; valid classes are "
+                        f"{int(classes.min())}..{int(classes.max())}")
+    return np.flatnonzero(np.isin(labels, wanted)), None
+
+
+def _ids(labels: np.ndarray, settings: dict[str, Any], rng: np.random.Generator, sampling: str
+         ) -> tuple[np.ndarray, None]:
+    return load_ids(settings["ids_file"], len(labels)), None
+
+
+def _per_class(labels: np.ndarray, settings: dict[str, Any], rng: np.random.Generator, sampling: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    k, m = int(settings["per_class"]), settings.get("retain_per_class")
+    forget_parts, retain_parts = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx if sampling == "first" else rng.permutation(idx)
+        if len(idx) <= k:
+            raise DataError(f"class {int(c)} has {len(idx)} examples, not more than per_class={k}")
+        forget_parts.append(idx[:k])
+        retain_parts.append(idx[k:] if m is None else idx[k:k + int(m)])
+    retain_mask = np.zeros(len(labels), bool)
+    retain_mask[np.concatenate(retain_parts)] = True
+    return np.concatenate(forget_parts), retain_mask
+
+
+FORGET_MODES.register("fraction", ForgetMode(lambda f: {"fraction": float(f.fraction)}, _fraction))
+FORGET_MODES.register("class", ForgetMode(lambda f: {"classes": [int(c) for c in np.atleast_1d(f.classes)]}, _class,
+                                          class_unlearning=True))
+FORGET_MODES.register("ids", ForgetMode(lambda f: {"ids_file": str(f.ids_file)}, _ids))
+FORGET_MODES.register("per_class", ForgetMode(
+    lambda f: {"per_class": int(f.per_class),
+               "retain_per_class": None if f.get("retain_per_class") is None else int(f.retain_per_class)},
+    _per_class))
+
+
 def forget_indices(labels: np.ndarray, settings: dict[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Returns (forget, retain) index arrays into the training labels for the given settings.
 
-    Modes: `fraction` (round(fraction·n_c) per class c, sampled with the seed or the `first` ones as the
-    reference code does), `class` (every example of the listed classes), `ids` (an explicit id list from a
-    .txt/.npy file), `per_class` (ImageNet protocol: `per_class` forget examples per class and the next
-    `retain_per_class` as retain; retain = everything else when that is None).
+    Modes (`FORGET_MODES`): `fraction` (round(fraction·n_c) per class c, sampled with the seed or the `first`
+    ones as the reference code does), `class` (every example of the listed classes), `ids` (an explicit id
+    list from a .txt/.npy file), `per_class` (ImageNet protocol: `per_class` forget examples per class and the
+    next `retain_per_class` as retain; retain = everything else when that is None).
     """
-    mode, sampling = settings["mode"], settings.get("sampling", "random")
-    if mode not in FORGET_MODES:
-        raise DataError(f"unknown forget mode {mode!r}; valid: {', '.join(FORGET_MODES)}")
+    mode, sampling = FORGET_MODES.get(settings["mode"]), settings.get("sampling", "random")
     if sampling not in SAMPLINGS:
         raise DataError(f"unknown forget sampling {sampling!r}; valid: {', '.join(SAMPLINGS)}")
     n = len(labels)
-    classes = np.unique(labels)
     rng = np.random.default_rng([seed, 1])
-    retain_mask: np.ndarray | None = None
-    if mode == "fraction":
-        frac = float(settings["fraction"])
-        if not 0.0 < frac < 1.0:
-            raise DataError(f"forget fraction {frac} is outside (0, 1); set --config.data.forget.fraction")
-        chosen = [_pick(rng, np.flatnonzero(labels == c), int(round(frac * np.sum(labels == c))), sampling)
-                  for c in classes]
-        forget = np.concatenate(chosen)
-    elif mode == "class":
-        wanted = np.atleast_1d(np.asarray(settings["classes"], dtype=np.int64))
-        missing = sorted(set(wanted.tolist()) - set(classes.tolist()))
-        if wanted.size == 0 or missing:
-            raise DataError(f"class(es) to forget {missing or '[]'} do not exist; valid classes are "
-                            f"{int(classes.min())}..{int(classes.max())}")
-        forget = np.flatnonzero(np.isin(labels, wanted))
-    elif mode == "ids":
-        forget = load_ids(settings["ids_file"], n)
-    else:
-        k, m = int(settings["per_class"]), settings.get("retain_per_class")
-        forget_parts, retain_parts = [], []
-        for c in classes:
-            idx = np.flatnonzero(labels == c)
-            idx = idx if sampling == "first" else rng.permutation(idx)
-            if len(idx) <= k:
-                raise DataError(f"class {int(c)} has {len(idx)} examples, not more than per_class={k}")
-            forget_parts.append(idx[:k])
-            retain_parts.append(idx[k:] if m is None else idx[k:k + int(m)])
-        forget = np.concatenate(forget_parts)
-        retain_mask = np.zeros(n, bool)
-        retain_mask[np.concatenate(retain_parts)] = True
+    forget, retain_mask = mode.select(labels, settings, rng, sampling)
     forget = np.sort(forget.astype(np.int64))
     if retain_mask is None:
         retain_mask = np.ones(n, bool)
@@ -119,8 +157,19 @@ def load_ids(path: str, n: int) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def split_heldout(labels: np.ndarray, seed: int, val_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Splits held-out indices into (val, test), stratified by class, `val_fraction` of each class to val."""
+def split_heldout(labels: np.ndarray, seed: int, val_fraction: float = 0.5, val_size: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Splits held-out indices into (val, test), stratified by class, `val_fraction` of each class to val.
+
+    With `val_size` (a held-out source made of a val folder followed by a test folder, `data.test_split`),
+    val is the first `val_size` examples and test the rest, whatever the seed and `val_fraction`.
+    """
+    if val_size is not None:
+        n = len(labels)
+        if not 0 < val_size < n:
+            raise DataError(f"the val part has {val_size} of the {n} held-out examples; the val and the test "
+                            f"folder (data.heldout_split, data.test_split) must both hold images")
+        return np.arange(val_size, dtype=np.int64), np.arange(val_size, n, dtype=np.int64)
     rng = np.random.default_rng([seed, 2])
     val = []
     for c in np.unique(labels):
@@ -134,27 +183,34 @@ def split_heldout(labels: np.ndarray, seed: int, val_fraction: float = 0.5) -> t
 
 def make_splits(train_labels: np.ndarray, heldout_labels: np.ndarray, settings: dict[str, Any],
                 seed: int) -> Splits:
-    """All four splits from the labels, the forget settings and the seed."""
+    """All four splits from the labels, the forget settings and the seed.
+
+    When the held-out labels carry a val part (`sources.HeldoutLabels`, from `data.test_split`), val and test
+    are that part and the rest; the settings must then name `test_split` (and must not otherwise).
+    """
+    val_size = heldout_val_size(heldout_labels)
+    if (val_size is not None) != bool(settings.get("test_split")):
+        raise DataError("the held-out source has separate val and test parts exactly when data.test_split is "
+                        f"set; got test_split={settings.get('test_split')!r} and "
+                        f"{'separate' if val_size is not None else 'no separate'} parts")
     forget, retain = forget_indices(np.asarray(train_labels), settings, seed)
-    val, test = split_heldout(np.asarray(heldout_labels), seed, float(settings.get("val_fraction", 0.5)))
-    return Splits(forget, retain, val, test, class_unlearning=settings["mode"] == "class")
+    val, test = split_heldout(np.asarray(heldout_labels), seed, float(settings.get("val_fraction", 0.5)), val_size)
+    return Splits(forget, retain, val, test, class_unlearning=FORGET_MODES.get(settings["mode"]).class_unlearning)
 
 
 def split_settings(data_cfg, seed: int) -> dict[str, Any]:
-    """The settings that determine a split (what is saved next to it and compared on reuse)."""
+    """The settings that determine a split (what is saved next to it and compared on reuse).
+
+    With `data.test_split` the val and test folders replace `val_fraction` (val and test are not drawn).
+    """
     f = data_cfg.forget
     s: dict[str, Any] = {"dataset": data_cfg.source + ":" + str(data_cfg.get("name") or data_cfg.get("path")),
-                         "mode": f.mode, "sampling": f.get("sampling", "random"), "seed": int(seed),
-                         "val_fraction": float(data_cfg.get("val_fraction", 0.5))}
-    if f.mode == "fraction":
-        s["fraction"] = float(f.fraction)
-    elif f.mode == "class":
-        s["classes"] = [int(c) for c in np.atleast_1d(f.classes)]
-    elif f.mode == "ids":
-        s["ids_file"] = str(f.ids_file)
+                         "mode": f.mode, "sampling": f.get("sampling", "random"), "seed": int(seed)}
+    if data_cfg.get("test_split"):
+        s.update(heldout_split=str(data_cfg.heldout_split), test_split=str(data_cfg.test_split))
     else:
-        s["per_class"] = int(f.per_class)
-        s["retain_per_class"] = None if f.get("retain_per_class") is None else int(f.retain_per_class)
+        s["val_fraction"] = float(data_cfg.get("val_fraction", 0.5))
+    s.update(FORGET_MODES.get(f.mode).settings(f))
     return s
 
 

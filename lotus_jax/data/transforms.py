@@ -31,12 +31,17 @@ class Preprocess:
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"unknown augmentation {self.augment!r}; valid: {', '.join(AUGMENTATIONS)}")
 
+    def augment_images(self, images: jax.Array, key: jax.Array) -> jax.Array:
+        """The training augmentation alone, in the images' own dtype (zero padding is black either way)."""
+        if self.augment == "none":
+            return images
+        x = random_crop(key, images, self.pad)
+        return random_flip(jax.random.fold_in(key, 1), x) if self.augment == "crop_flip" else x
+
     def __call__(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
         x = images.astype(jnp.float32) / 255.0
-        if key is not None and self.augment != "none":
-            x = random_crop(key, x, self.pad)
-            if self.augment == "crop_flip":
-                x = random_flip(jax.random.fold_in(key, 1), x)
+        if key is not None:
+            x = self.augment_images(x, key)
         if self.image_size is not None and x.shape[1:3] != (self.image_size, self.image_size):
             x = jax.image.resize(x, (x.shape[0], self.image_size, self.image_size, x.shape[3]), "bilinear")
         return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)

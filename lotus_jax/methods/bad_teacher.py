@@ -27,24 +27,12 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from lotus_jax.data import pipeline
-from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (
-    Context,
-    Timer,
-    TrainState,
-    Variables,
-    create_state,
-    epoch_batches,
-    forward,
-    kl_divergence,
-    make_optimizer,
-    optimizer_config,
-    replicate,
-    variables_of,
-)
 from lotus_jax.methods.lotus import retain_subset
-
+from lotus_jax.train.context import Context
+from lotus_jax.train.losses import kl_divergence
+from lotus_jax.train.optim import make_optimizer, optimizer_config
+from lotus_jax.train.runner import Phase, Plan
+from lotus_jax.train.state import TrainState, Variables, create_state, forward, place
 
 def default_config() -> mlc.ConfigDict:
     """SPEC §5: Adam lr 1e-4, no weight decay, 10 epochs, batch 128; KL at T=1; |D_r'| = 30% of |D_r|."""
@@ -68,27 +56,15 @@ def bad_teacher_step(state: TrainState, batch: dict, teachers: dict[str, Variabl
     return state.apply_gradients(grads=grads, batch_stats=new_bs), {"loss": loss}
 
 
-def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
-    """The Bad Teacher driver: D_r' once, incompetent teacher from `key`, then `cfg.epochs` KL epochs."""
-    cursor = ctx.cursor("bad_teacher", cfg)
-    pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
+def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
+    """D_r' once, the incompetent teacher from `key`, then `cfg.epochs` epochs of KL to the per-row teacher."""
     sub = retain_subset(ctx.splits.retain, float(cfg.retain_fraction), ctx.seed)
     indices = np.concatenate([ctx.splits.forget, sub])
-    flags = np.concatenate([np.ones(len(ctx.splits.forget), np.int32), np.zeros(len(sub), np.int32)])
-    teachers = {"competent": replicate(original, ctx.mesh), "incompetent": ctx.init_variables(key)}
-    state = create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh)
-    state = cursor.restore(state)
-    step = jax.jit(functools.partial(bad_teacher_step, prep=ctx.prep, temperature=float(cfg.temperature)),
-                   donate_argnums=0)
-    ctx.log(f"[bad_teacher] |D_f|={len(ctx.splits.forget)} |D_r'|={len(sub)} T={cfg.temperature}")
-    for epoch in cursor.epochs(int(cfg.epochs)):
-        t = Timer()
-        rng = np.random.default_rng([ctx.seed, 11, epoch])
-        state, m = cursor.run_phase(step, state, epoch_batches(ctx, indices, cfg.batch_size, rng, {"forget": flags}),
-                             teachers)
-        sec = t()
-        cursor.end_epoch(state, {**m, "seconds": sec})
-        ctx.log(f"[bad_teacher] epoch {epoch + 1}/{cfg.epochs}  loss {m['loss']:.4f}  {sec:.1f}s")
-    variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history,
-                        extra={"retain_subset_size": len(sub)})
+    flags = {"forget": np.concatenate([np.ones(len(ctx.splits.forget), np.int32), np.zeros(len(sub), np.int32)])}
+    teachers = {"competent": place(original, ctx.mesh), "incompetent": ctx.init_variables(key)}
+    step = functools.partial(bad_teacher_step, prep=ctx.prep, temperature=float(cfg.temperature))
+    return Plan(state=create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh),
+                batch_size=int(cfg.batch_size), epochs=int(cfg.epochs),
+                phases=lambda epoch, info: [Phase("distill", step, indices, args=(teachers,), extra=flags)],
+                summary=f"|D_f|={len(ctx.splits.forget)} |D_r'|={len(sub)} T={cfg.temperature}",
+                extra={"retain_subset_size": len(sub)})

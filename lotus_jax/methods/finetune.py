@@ -18,26 +18,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
-import numpy as np
 
-from lotus_jax.data import pipeline
-from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (
-    Context,
-    Timer,
-    TrainState,
-    Variables,
-    create_state,
-    cross_entropy,
-    epoch_batches,
-    forward,
-    make_optimizer,
-    optimizer_config,
-    variables_of,
-)
-
-Step = Callable[[TrainState, dict], tuple[TrainState, dict]]
-
+from lotus_jax.data.pipeline import num_batches
+from lotus_jax.train.context import Context
+from lotus_jax.train.losses import cross_entropy
+from lotus_jax.train.optim import make_optimizer, optimizer_config
+from lotus_jax.train.runner import Phase, Plan
+from lotus_jax.train.state import TrainState, Variables, create_state, forward
 
 def default_config() -> mlc.ConfigDict:
     """SPEC §5: SGD momentum 0.9, lr 1e-3, weight decay 5e-4; 10 epochs (ResNet-18), batch 128."""
@@ -79,30 +66,12 @@ def ce_step(state: TrainState, batch: dict, param_mask: Any | None, *, prep: Cal
     return state, {"loss": loss}
 
 
-def make_ce_step(ctx: Context, param_mask: Any | None = None) -> Step:
-    """`ce_step` jitted once (state donated), with `param_mask` bound: `(state, batch) -> (state, metrics)`."""
-    jitted = jax.jit(functools.partial(ce_step, prep=ctx.prep), donate_argnums=0)
-    return lambda state, batch: jitted(state, batch, param_mask)
-
-
-def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
-    """Cross-entropy training on D_r for `cfg.epochs` epochs; batch order from `ctx.seed` (`key` is unused:
-    the update has no randomness)."""
-    cursor = ctx.cursor("finetune", cfg)
-    pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
+def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
+    """Cross-entropy training on D_r for `cfg.epochs` epochs (nothing in the update is random)."""
+    del key
     retain = ctx.splits.retain
-    steps = pipeline.num_batches(len(retain), cfg.batch_size)
-    state = create_state(ctx.model, original, make_optimizer(cfg.optimizer, steps), ctx.mesh)
-    state = cursor.restore(state)
-    step = make_ce_step(ctx)
-    ctx.log(f"[finetune] |D_r|={len(retain)} lr={cfg.optimizer.lr}")
-    for epoch in cursor.epochs(int(cfg.epochs)):
-        t = Timer()
-        rng = np.random.default_rng([ctx.seed, 11, epoch])
-        state, m = cursor.run_phase(step, state, epoch_batches(ctx, retain, cfg.batch_size, rng))
-        loss = m["loss"]
-        sec = t()
-        cursor.end_epoch(state, {"loss": loss, "seconds": sec})
-        ctx.log(f"[finetune] epoch {epoch + 1}/{cfg.epochs}  retain loss {loss:.4f}  {sec:.1f}s")
-    variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history)
+    tx = make_optimizer(cfg.optimizer, num_batches(len(retain), cfg.batch_size))
+    step = functools.partial(ce_step, prep=ctx.prep)
+    return Plan(state=create_state(ctx.model, original, tx, ctx.mesh), batch_size=int(cfg.batch_size),
+                epochs=int(cfg.epochs), phases=lambda epoch, info: [Phase("retain", step, retain, args=(None,))],
+                summary=f"|D_r|={len(retain)} lr={cfg.optimizer.lr}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,33 +18,17 @@ import ml_collections as mlc
 import numpy as np
 import optax
 
-from lotus_jax.data import pipeline
-from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (
-    Context,
-    Timer,
-    TrainState,
-    Variables,
-    create_state,
-    epoch_batches,
-    forward,
-    make_optimizer,
-    optimizer_config,
-    soft_cross_entropy,
-    variables_of,
-)
+from lotus_jax.train.context import Context
+from lotus_jax.train.losses import soft_cross_entropy
+from lotus_jax.train.optim import make_optimizer, optimizer_config
+from lotus_jax.train.runner import Phase, Plan
+from lotus_jax.train.state import TrainState, Variables, create_state, forward, place, variables_of
 
 
 def default_config() -> mlc.ConfigDict:
     """SPEC §3 for ResNet-18 on CIFAR-10: AdamW lr 1e-4, wd 5e-4, 10 epochs, batch 128, alpha 8."""
     return mlc.ConfigDict(dict(epochs=10, batch_size=128, alpha=8.0, retain_fraction=0.3, stop_threshold=-0.01,
                                compat=False, optimizer=optimizer_config("adamw", 1e-4, 5e-4)))
-
-
-class LotusState(TrainState):
-    """Student train state plus the frozen teacher's variables (never updated)."""
-
-    teacher: Any = None
 
 
 def forget_targets(teacher_logits: jax.Array, tau: jax.Array, key: jax.Array) -> jax.Array:
@@ -88,15 +71,16 @@ def should_stop(acc_f: float, acc_u: float, threshold: float | None, decimals: i
     return round_acc(acc_f, decimals) - round_acc(acc_u, decimals) <= threshold + 1e-9
 
 
-def lotus_step(state: LotusState, batch: dict, tau: jax.Array, key: jax.Array, *, prep
-               ) -> tuple[LotusState, dict]:
+def lotus_step(state: TrainState, batch: dict, teacher: Variables, tau: jax.Array, key: jax.Array, *, prep
+               ) -> tuple[TrainState, dict]:
     """One LoTUS update: teacher logits (stop-gradient) -> Gumbel targets -> soft cross-entropy -> optax.
 
     `batch` holds 'image', 'mask' and 'forget' (1 for D_f rows, 0 for D_r' rows); labels are unused.
-    `tau` is a traced argument, so a new temperature never recompiles the step.
+    `teacher` is the frozen original (inference mode). `tau` is a traced argument, so a new temperature never
+    recompiles the step.
     """
     x = prep(batch["image"])
-    teacher_logits = jax.lax.stop_gradient(state.apply_fn(state.teacher, x, train=False))
+    teacher_logits = jax.lax.stop_gradient(state.apply_fn(teacher, x, train=False))
     targets = lotus_targets(teacher_logits, batch["forget"], tau, key)
 
     def loss_fn(params):
@@ -115,43 +99,31 @@ def retain_subset(retain: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(rng.choice(retain, size=k, replace=False))
 
 
-def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
-    """The LoTUS driver: D_r' once, acc_u once, then per epoch acc_f -> stop? -> tau -> updates.
+def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
+    """D_r' once, acc_u once, then per epoch: acc_f of the student -> stop? -> tau -> one pass of updates.
 
-    The measured time covers the whole call (sub-sampling, acc_u, per-epoch acc_f passes and updates), over
-    every session when a run is resumed from its per-epoch checkpoints.
+    All of it is inside the timed unlearning call (the runner times from before this function).
     """
-    pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
-    cursor = ctx.cursor("lotus", cfg)
+    del key  # the runner passes each step its own key
     decimals = 2 if cfg.get("compat", False) else None
+    alpha, threshold = float(cfg.alpha), cfg.get("stop_threshold")
     sub = retain_subset(ctx.splits.retain, float(cfg.retain_fraction), ctx.seed)
     indices = np.concatenate([ctx.splits.forget, sub])
     flags = np.concatenate([np.ones(len(ctx.splits.forget), np.int32), np.zeros(len(sub), np.int32)])
     acc_u = 0.0 if ctx.splits.class_unlearning else ctx.evaluate(original, "val").accuracy
-    state = create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh, LotusState,
-                         teacher=original)
-    state = cursor.restore(state)
-    step = jax.jit(functools.partial(lotus_step, prep=ctx.prep), donate_argnums=0)
-    ctx.log(f"[lotus] |D_f|={len(ctx.splits.forget)} |D_r'|={len(sub)} acc_u={acc_u:.4f} alpha={cfg.alpha}")
-    for epoch in cursor.epochs(int(cfg.epochs)):
-        t = Timer()
-        if cursor.epoch_info is None:  # not restored mid-epoch: measure the student now
-            acc_f = ctx.evaluate(variables_of(state), "forget").accuracy
-            stop = should_stop(acc_f, acc_u, cfg.get("stop_threshold"), decimals)
-            cursor.epoch_info = {"acc_f": acc_f, "stop": stop,
-                                 "tau": None if stop else temperature(acc_f, acc_u, float(cfg.alpha), decimals)}
-        acc_f, tau = cursor.epoch_info["acc_f"], cursor.epoch_info["tau"]
-        if cursor.epoch_info["stop"]:
-            ctx.log(f"[lotus] epoch {epoch + 1}: acc_f {acc_f:.4f} - acc_u {acc_u:.4f} <= {cfg.stop_threshold}: stop")
-            cursor.history.append({"epoch": epoch + 1, "acc_f": acc_f, "tau": None, "loss": None, "seconds": t(),
-                                   "stopped": True})
-            break
-        rng = np.random.default_rng([ctx.seed, 5, epoch])
-        state, m = cursor.run_phase(step, state, epoch_batches(ctx, indices, cfg.batch_size, rng, {"forget": flags}),
-                                    jnp.float32(tau), key=jax.random.fold_in(key, epoch))
-        sec = t()
-        cursor.end_epoch(state, {"acc_f": acc_f, "tau": tau, "loss": m["loss"], "seconds": sec, "stopped": False})
-        ctx.log(f"[lotus] epoch {epoch + 1}/{cfg.epochs}  acc_f {acc_f:.4f}  tau {tau:.4f}  loss {m['loss']:.4f}  "
-                f"grad norm {m['grad_norm']:.3f}  {sec:.1f}s  ETA {cursor.eta(int(cfg.epochs)):.0f}s")
-    variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history, extra={"acc_u": acc_u})
+    teacher = place(original, ctx.mesh)
+    step = functools.partial(lotus_step, prep=ctx.prep)
+
+    def before_epoch(state: TrainState, epoch: int) -> dict:
+        acc_f = ctx.evaluate(variables_of(state), "forget").accuracy
+        stop = should_stop(acc_f, acc_u, threshold, decimals)
+        return {"acc_f": acc_f, "tau": None if stop else temperature(acc_f, acc_u, alpha, decimals), "stopped": stop}
+
+    def phases(epoch: int, info: dict) -> list[Phase]:
+        return [Phase("unlearn", step, indices, args=(teacher, jnp.float32(info["tau"])), extra={"forget": flags},
+                      keyed=True)]
+
+    return Plan(state=create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh),
+                batch_size=int(cfg.batch_size), epochs=int(cfg.epochs), phases=phases, before_epoch=before_epoch,
+                summary=f"|D_f|={len(ctx.splits.forget)} |D_r'|={len(sub)} acc_u={acc_u:.4f} alpha={alpha}",
+                extra={"acc_u": acc_u})

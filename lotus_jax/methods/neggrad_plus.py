@@ -8,41 +8,30 @@ Not fixed by the paper, and chosen here: every step pairs one retain batch with 
 is as many steps as the larger of the two sets has batches, the smaller set is cycled (reshuffled on each
 cycle); both batches use `batch_size`; the two batches go through the network in separate training-mode
 forward passes (retain first, then forget), so BatchNorm batch statistics are per set, as with two PyTorch
-forward calls, and the running statistics are updated by both; SGD without momentum as SPEC §5 lists.
+forward calls, and the running statistics are updated by both; SGD with momentum 0.9 as in the reference code.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
-import numpy as np
 
-from lotus_jax.data import pipeline
+from lotus_jax.data.pipeline import num_batches
 from lotus_jax.errors import ConfigError
-from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (
-    Context,
-    Timer,
-    TrainState,
-    Variables,
-    create_state,
-    cross_entropy,
-    forward,
-    make_optimizer,
-    optimizer_config,
-    variables_of,
-)
-
+from lotus_jax.train.context import Context
+from lotus_jax.train.losses import cross_entropy
+from lotus_jax.train.optim import make_optimizer, optimizer_config
+from lotus_jax.train.runner import Phase, Plan
+from lotus_jax.train.state import TrainState, Variables, create_state, forward
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §5: SGD lr 1e-3, weight decay 5e-4 (no momentum), beta 0.999; 10 epochs (ResNet-18), batch 128."""
+    """SPEC §5: SGD lr 1e-3, momentum 0.9, weight decay 5e-4, beta 0.999; 10 epochs (ResNet-18), batch 128."""
     return mlc.ConfigDict(dict(epochs=10, batch_size=128, beta=0.999,
-                               optimizer=optimizer_config("sgd", 1e-3, 5e-4)))
+                               optimizer=optimizer_config("sgd", 1e-3, 5e-4, momentum=0.9)))
 
 
 def neggrad_plus_loss(ce_retain: jax.Array, ce_forget: jax.Array, beta: jax.Array) -> jax.Array:
@@ -68,45 +57,18 @@ def neggrad_plus_step(state: TrainState, batch: dict, beta: jax.Array, *, prep: 
     return state, {"loss": loss, "retain_ce": ce_r, "forget_ce": ce_f}
 
 
-def paired_batches(ctx: Context, retain: np.ndarray, forget: np.ndarray, batch_size: int,
-                   rng: np.random.Generator) -> Iterator[dict]:
-    """Host pairs {'retain', 'forget'} for one epoch: max(#retain batches, #forget batches) steps, the smaller
-    set cycled with a fresh shuffle per cycle."""
-    def cycle(indices: np.ndarray) -> Iterator[dict]:
-        while True:
-            yield from pipeline.batches(ctx.dataset.train, indices, batch_size, rng=rng)
-
-    steps = max(pipeline.num_batches(len(retain), batch_size), pipeline.num_batches(len(forget), batch_size))
-    for rb, fb in itertools.islice(zip(cycle(retain), cycle(forget)), steps):
-        yield {"retain": rb, "forget": fb}
-
-
-def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
-    """`cfg.epochs` epochs of paired NegGrad+ steps; batch order from `ctx.seed` (`key` is unused: the update
-    has no randomness)."""
-    cursor = ctx.cursor("neggrad_plus", cfg)
-    pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
+def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
+    """`cfg.epochs` epochs of paired NegGrad+ steps (nothing in the update is random)."""
+    del key
     forget, retain = ctx.splits.forget, ctx.splits.retain
     if not len(forget) or not len(retain):
         raise ConfigError(f"neggrad_plus needs non-empty forget and retain sets, got |D_f|={len(forget)} and "
-                         f"|D_r|={len(retain)}")
+                          f"|D_r|={len(retain)}")
     beta = float(cfg.beta)
-    if not 0.0 <= beta <= 1.0:
-        raise ConfigError(f"neggrad_plus beta must lie in [0, 1], got {beta}")
-    steps = max(pipeline.num_batches(len(retain), cfg.batch_size),
-                pipeline.num_batches(len(forget), cfg.batch_size))
-    state = create_state(ctx.model, original, make_optimizer(cfg.optimizer, steps), ctx.mesh)
-    state = cursor.restore(state)
-    step = jax.jit(functools.partial(neggrad_plus_step, prep=ctx.prep), donate_argnums=0)
-    ctx.log(f"[neggrad_plus] |D_f|={len(forget)} |D_r|={len(retain)} beta={beta} lr={cfg.optimizer.lr}")
-    for epoch in cursor.epochs(int(cfg.epochs)):
-        t = Timer()
-        rng = np.random.default_rng([ctx.seed, 31, epoch])
-        state, mean = cursor.run_phase(step, state, pipeline.prefetch(
-            paired_batches(ctx, retain, forget, cfg.batch_size, rng), ctx.mesh), jnp.float32(beta))
-        sec = t()
-        cursor.end_epoch(state, {**mean, "seconds": sec})
-        ctx.log(f"[neggrad_plus] epoch {epoch + 1}/{cfg.epochs}  loss {mean['loss']:.4f}  "
-                f"retain CE {mean['retain_ce']:.4f}  forget CE {mean['forget_ce']:.4f}  {sec:.1f}s")
-    variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history)
+    steps = max(num_batches(len(retain), cfg.batch_size), num_batches(len(forget), cfg.batch_size))
+    step = functools.partial(neggrad_plus_step, prep=ctx.prep)
+    streams = {"retain": retain, "forget": forget}
+    return Plan(state=create_state(ctx.model, original, make_optimizer(cfg.optimizer, steps), ctx.mesh),
+                batch_size=int(cfg.batch_size), epochs=int(cfg.epochs),
+                phases=lambda epoch, info: [Phase("pairs", step, streams, args=(jnp.float32(beta),))],
+                summary=f"|D_f|={len(forget)} |D_r|={len(retain)} beta={beta} lr={cfg.optimizer.lr}")

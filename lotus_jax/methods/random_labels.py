@@ -4,35 +4,31 @@ random wrong labels and train on it, then repair on the retain set with the true
 Not fixed by the description, and chosen here: each epoch is one pass over D_f with relabelled targets
 followed by one pass over D_r (separate shuffled passes, D_f first); the wrong labels are uniform over the
 `k - 1` classes other than the true one and drawn afresh every epoch from `ctx.seed` (never the true label,
-so every forget step is a step away from the learnt answer); SGD without momentum as SPEC §5 lists; batch
+so every forget step is a step away from the learnt answer); SGD with momentum 0.9 as in the reference; batch
 128; BatchNorm in training mode in both passes.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import ml_collections as mlc
 import numpy as np
 
-from lotus_jax.data import pipeline
+from lotus_jax.data.pipeline import num_batches
 from lotus_jax.errors import ConfigError
-from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (
-    Context,
-    Timer,
-    Variables,
-    create_state,
-    epoch_batches,
-    make_optimizer,
-    optimizer_config,
-    variables_of,
-)
-from lotus_jax.methods.finetune import make_ce_step
+from lotus_jax.methods.finetune import ce_step
+from lotus_jax.train.context import Context
+from lotus_jax.train.optim import make_optimizer, optimizer_config
+from lotus_jax.train.runner import Phase, Plan, stage_salt
+from lotus_jax.train.state import Variables, create_state
 
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §5: SGD lr 1e-3, weight decay 5e-4 (no momentum); 10 epochs (ResNet-18), batch 128."""
-    return mlc.ConfigDict(dict(epochs=10, batch_size=128, optimizer=optimizer_config("sgd", 1e-3, 5e-4)))
+    """SPEC §5: SGD lr 1e-3, momentum 0.9, weight decay 5e-4; 10 epochs (ResNet-18), batch 128."""
+    return mlc.ConfigDict(dict(epochs=10, batch_size=128,
+                               optimizer=optimizer_config("sgd", 1e-3, 5e-4, momentum=0.9)))
 
 
 def wrong_labels(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -47,30 +43,21 @@ def wrong_labels(labels: np.ndarray, num_classes: int, rng: np.random.Generator)
     return ((labels + offsets) % num_classes).astype(np.int32)
 
 
-def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
-    """Per epoch: D_f with fresh wrong labels, then D_r with true labels. Labels and batch order come from
-    `ctx.seed` (`key` is unused: the update itself has no randomness)."""
-    cursor = ctx.cursor("random_labels", cfg)
-    pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
+def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
+    """Per epoch: D_f with fresh wrong labels, then D_r with true labels (labels drawn from `ctx.seed`)."""
+    del key
     forget, retain = ctx.splits.forget, ctx.splits.retain
     labels = ctx.dataset.train.labels
-    steps = pipeline.num_batches(len(forget), cfg.batch_size) + pipeline.num_batches(len(retain), cfg.batch_size)
-    state = create_state(ctx.model, original, make_optimizer(cfg.optimizer, steps), ctx.mesh)
-    state = cursor.restore(state)
-    step = make_ce_step(ctx)
+    steps = num_batches(len(forget), cfg.batch_size) + num_batches(len(retain), cfg.batch_size)
+    step = functools.partial(ce_step, prep=ctx.prep)
     retain_targets = {"target": labels[retain].astype(np.int32)}  # same batch structure as the forget pass
-    ctx.log(f"[random_labels] |D_f|={len(forget)} |D_r|={len(retain)} lr={cfg.optimizer.lr}")
-    for epoch in cursor.epochs(int(cfg.epochs)):
-        t = Timer()
-        targets = wrong_labels(labels[forget], ctx.num_classes, np.random.default_rng([ctx.seed, 21, epoch]))
-        rng_f, rng_r = (np.random.default_rng([ctx.seed, s, epoch]) for s in (22, 23))
-        forget_batches = epoch_batches(ctx, forget, cfg.batch_size, rng_f, {"target": targets})
-        state, mf = cursor.run_phase(step, state, forget_batches)
-        state, mr = cursor.run_phase(step, state, epoch_batches(ctx, retain, cfg.batch_size, rng_r, retain_targets))
-        loss_f, loss_r = mf["loss"], mr["loss"]
-        sec = t()
-        cursor.end_epoch(state, {"forget_loss": loss_f, "retain_loss": loss_r, "seconds": sec})
-        ctx.log(f"[random_labels] epoch {epoch + 1}/{cfg.epochs}  forget (random labels) loss {loss_f:.4f}  "
-                f"retain loss {loss_r:.4f}  {sec:.1f}s")
-    variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history)
+
+    def phases(epoch: int, info: dict) -> list[Phase]:
+        rng = np.random.default_rng([ctx.seed, stage_salt("random_labels/targets"), epoch])
+        targets = {"target": wrong_labels(labels[forget], ctx.num_classes, rng)}
+        return [Phase("forget", step, forget, args=(None,), extra=targets),
+                Phase("retain", step, retain, args=(None,), extra=retain_targets)]
+
+    return Plan(state=create_state(ctx.model, original, make_optimizer(cfg.optimizer, steps), ctx.mesh),
+                batch_size=int(cfg.batch_size), epochs=int(cfg.epochs), phases=phases,
+                summary=f"|D_f|={len(forget)} |D_r|={len(retain)} lr={cfg.optimizer.lr}")

@@ -18,8 +18,8 @@
    method). BatchNorm running statistics are buffers, not parameters: they are not masked and are
    updated in training mode on every batch, as in SalUn's training loop.
 
-SGD lr 1e-3, weight decay 5e-4, no momentum (SPEC §5 lists none; SalUn's own code uses 0.9, available as
-`optimizer.momentum`); batch 128. The saliency pass is part of the timed unlearning call.
+SGD lr 1e-3, momentum 0.9 (as SalUn's own code), weight decay 5e-4; batch 128. The saliency pass is part of
+the timed unlearning call.
 """
 
 from __future__ import annotations
@@ -33,28 +33,19 @@ import ml_collections as mlc
 import numpy as np
 import optax
 
-from lotus_jax.data import pipeline
+from lotus_jax.data.pipeline import num_batches
 from lotus_jax.errors import ConfigError
-from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (
-    Context,
-    Timer,
-    Variables,
-    create_state,
-    epoch_batches,
-    make_optimizer,
-    optimizer_config,
-    replicate,
-    variables_of,
-)
-from lotus_jax.methods.finetune import make_ce_step
+from lotus_jax.methods.finetune import ce_step
 from lotus_jax.methods.random_labels import wrong_labels
-
+from lotus_jax.train.context import Context
+from lotus_jax.train.optim import make_optimizer, optimizer_config
+from lotus_jax.train.runner import Phase, Plan, fold_batches
+from lotus_jax.train.state import Variables, create_state, place
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §5: top 10% mask, SGD lr 1e-3, weight decay 5e-4 (no momentum); 10 epochs (ResNet-18), batch 128."""
+    """SPEC §5: top 10% mask, SGD lr 1e-3, momentum 0.9, weight decay 5e-4; 10 epochs (ResNet-18), batch 128."""
     return mlc.ConfigDict(dict(epochs=10, batch_size=128, mask_fraction=0.10,
-                               optimizer=optimizer_config("sgd", 1e-3, 5e-4)))
+                               optimizer=optimizer_config("sgd", 1e-3, 5e-4, momentum=0.9)))
 
 
 def forget_gradient(ctx: Context, variables: Variables, batch_size: int) -> Any:
@@ -62,7 +53,7 @@ def forget_gradient(ctx: Context, variables: Variables, batch_size: int) -> Any:
 
     Each batch contributes the gradient of its summed per-example losses; the total is divided by |D_f|.
     """
-    def grad_sum(acc: Any, v: Variables, batch: dict) -> Any:
+    def grad_sum(acc: Any, batch: dict, v: Variables) -> Any:
         x = ctx.prep(batch["image"])
 
         def loss(params):
@@ -72,11 +63,9 @@ def forget_gradient(ctx: Context, variables: Variables, batch_size: int) -> Any:
 
         return jax.tree.map(jnp.add, acc, jax.grad(loss)(v["params"]))
 
-    step = jax.jit(grad_sum, donate_argnums=0)
-    variables = replicate(variables, ctx.mesh)
-    acc = replicate(jax.tree.map(jnp.zeros_like, variables["params"]), ctx.mesh)
-    for batch in pipeline.prefetch(pipeline.batches(ctx.dataset.train, ctx.splits.forget, batch_size), ctx.mesh):
-        acc = step(acc, variables, batch)
+    variables = place(variables, ctx.mesh)
+    acc = place(jax.tree.map(jnp.zeros_like, variables["params"]), ctx.mesh)
+    acc = fold_batches(ctx, jax.jit(grad_sum, donate_argnums=0), acc, ctx.splits.forget, batch_size, variables)
     n = max(len(ctx.splits.forget), 1)
     return jax.tree.map(lambda g: g / n, acc)
 
@@ -105,11 +94,10 @@ def saliency_mask(ctx: Context, variables: Variables, fraction: float, batch_siz
     return top_fraction_mask(grads, int(fraction * total))
 
 
-def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
-    """Saliency mask, then `cfg.epochs` epochs of masked random-label training on D_f ∪ D_r. Labels and
-    batch order come from `ctx.seed` (`key` is unused: nothing in the update is random)."""
-    cursor = ctx.cursor("salun", cfg)
-    pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
+def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
+    """Saliency mask, then `cfg.epochs` epochs of masked random-label training on D_f ∪ D_r (labels and batch
+    order from `ctx.seed`; nothing in the update is random)."""
+    del key
     forget, retain = ctx.splits.forget, ctx.splits.retain
     labels = ctx.dataset.train.labels
     mask = saliency_mask(ctx, original, float(cfg.mask_fraction), cfg.batch_size)
@@ -118,21 +106,12 @@ def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodRes
     indices = np.concatenate([forget, retain])
     targets = np.concatenate([wrong_labels(labels[forget], ctx.num_classes, np.random.default_rng([ctx.seed, 41])),
                               labels[retain].astype(np.int32)])
-    steps = pipeline.num_batches(len(indices), cfg.batch_size)
-    state = create_state(ctx.model, original, make_optimizer(cfg.optimizer, steps), ctx.mesh)
-    state = cursor.restore(state)
-    step = make_ce_step(ctx, mask)
-    ctx.log(f"[salun] mask {masked}/{total} parameters ({masked / max(total, 1):.4f}); "
-            f"|D_f|={len(forget)} |D_r|={len(retain)} lr={cfg.optimizer.lr}")
-    for epoch in cursor.epochs(int(cfg.epochs)):
-        t = Timer()
-        rng = np.random.default_rng([ctx.seed, 42, epoch])
-        state, m = cursor.run_phase(step, state, epoch_batches(ctx, indices, cfg.batch_size, rng, {"target": targets}))
-        loss = m["loss"]
-        sec = t()
-        cursor.end_epoch(state, {"loss": loss, "seconds": sec})
-        ctx.log(f"[salun] epoch {epoch + 1}/{cfg.epochs}  loss (random-label D_f + D_r) {loss:.4f}  {sec:.1f}s")
-    variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history,
-                        extra={"masked_parameters": masked, "total_parameters": total,
-                               "mask_fraction": masked / max(total, 1)})
+    tx = make_optimizer(cfg.optimizer, num_batches(len(indices), cfg.batch_size))
+    step = functools.partial(ce_step, prep=ctx.prep)
+    return Plan(state=create_state(ctx.model, original, tx, ctx.mesh), batch_size=int(cfg.batch_size),
+                epochs=int(cfg.epochs),
+                phases=lambda epoch, info: [Phase("train", step, indices, args=(mask,), extra={"target": targets})],
+                summary=f"mask {masked}/{total} parameters ({masked / max(total, 1):.4f}); "
+                        f"|D_f|={len(forget)} |D_r|={len(retain)} lr={cfg.optimizer.lr}",
+                extra={"masked_parameters": masked, "total_parameters": total,
+                       "mask_fraction": masked / max(total, 1)})

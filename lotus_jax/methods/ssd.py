@@ -32,17 +32,17 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from lotus_jax.data import pipeline
-from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import Context, Timer, Variables, cross_entropy, replicate
-
+from lotus_jax.train.context import Context
+from lotus_jax.train.losses import cross_entropy
+from lotus_jax.train.runner import Plan, fold_batches
+from lotus_jax.train.state import Variables, place
 
 def default_config() -> mlc.ConfigDict:
     """SPEC §5: alpha (selection weighting) 10, lambda (dampening constant) 1; batch 128."""
     return mlc.ConfigDict(dict(batch_size=128, alpha=10.0, lam=1.0))
 
 
-def accumulate_squared_grads(total: Any, variables: Variables, batch: dict, *, apply_fn: Callable, prep
+def accumulate_squared_grads(total: Any, batch: dict, variables: Variables, *, apply_fn: Callable, prep
                              ) -> Any:
     """`total + (grad of the batch-mean CE w.r.t. the parameters)^2`, model in inference mode."""
 
@@ -58,11 +58,9 @@ def importance(ctx: Context, accumulate: Callable, variables: Variables, indices
                ) -> Any:
     """Mean over unshuffled batches of `indices` of the squared batch-mean-loss gradients."""
     total = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), variables["params"])
-    n = 0
-    for batch in pipeline.prefetch(pipeline.batches(ctx.dataset.train, indices, batch_size), ctx.mesh):
-        total = accumulate(total, variables, batch)
-        n += 1
-    return jax.tree.map(lambda t: t / max(n, 1), total)
+    total = fold_batches(ctx, accumulate, total, indices, batch_size, variables)
+    n = max(-(-len(indices) // batch_size), 1)
+    return jax.tree.map(lambda t: t / n, total)
 
 
 def dampen(params: Any, imp_forget: Any, imp_full: Any, alpha: float, lam: float) -> tuple[Any, jax.Array]:
@@ -77,27 +75,22 @@ def dampen(params: Any, imp_forget: Any, imp_full: Any, alpha: float, lam: float
     return new, sum(jnp.sum(s) for s in jax.tree.leaves(selected))
 
 
-def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
-    """The SSD driver: I_f on D_f, I_D on D_f ∪ D_r, then one dampening of the selected parameters.
-
-    Deterministic (unshuffled batches), so `key` is unused.
-    """
+def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
+    """One shot, no epochs: I_f on D_f, I_D on D_f ∪ D_r, one dampening (deterministic: `key` is unused)."""
     del key
-    timer = Timer()
-    pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
-    variables = replicate(original, ctx.mesh)
+    full = np.sort(np.concatenate([ctx.splits.forget, ctx.splits.retain]))
     accumulate = jax.jit(functools.partial(accumulate_squared_grads, apply_fn=ctx.model.apply, prep=ctx.prep),
                          donate_argnums=0)
-    full = np.sort(np.concatenate([ctx.splits.forget, ctx.splits.retain]))
-    imp_forget = importance(ctx, accumulate, variables, ctx.splits.forget, cfg.batch_size)
-    imp_full = importance(ctx, accumulate, variables, full, cfg.batch_size)
-    params, count = jax.jit(dampen, static_argnums=(3, 4))(variables["params"], imp_forget, imp_full,
-                                                            float(cfg.alpha), float(cfg.lam))
-    out = jax.block_until_ready({**variables, "params": params})
-    dampened = int(count)
-    total = sum(p.size for p in jax.tree.leaves(params))
-    sec = timer()
-    ctx.log(f"[ssd] |D_f|={len(ctx.splits.forget)} |D|={len(full)} alpha={cfg.alpha} lambda={cfg.lam}  "
-            f"dampened {dampened}/{total} parameters  {sec:.1f}s")
-    return MethodResult(variables=out, time_s=sec, history=[{"epoch": 1, "dampened": dampened, "seconds": sec}],
-                        extra={"dampened": dampened, "parameters": total})
+    extra: dict = {}
+
+    def finish(variables: Variables) -> Variables:
+        imp_forget = importance(ctx, accumulate, variables, ctx.splits.forget, cfg.batch_size)
+        imp_full = importance(ctx, accumulate, variables, full, cfg.batch_size)
+        params, count = jax.jit(dampen, static_argnums=(3, 4))(variables["params"], imp_forget, imp_full,
+                                                                float(cfg.alpha), float(cfg.lam))
+        extra.update(dampened=int(count), parameters=sum(p.size for p in jax.tree.leaves(params)))
+        ctx.log(f"[ssd] dampened {extra['dampened']}/{extra['parameters']} parameters")
+        return {**variables, "params": params}
+
+    return Plan(state=place(original, ctx.mesh), batch_size=int(cfg.batch_size), finish=finish, extra=extra,
+                summary=f"|D_f|={len(ctx.splits.forget)} |D|={len(full)} alpha={cfg.alpha} lambda={cfg.lam}")

@@ -9,24 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lotus_jax.data import pipeline
-from lotus_jax.methods.common import (
-    Context,
-    Timer,
-    TrainState,
-    Variables,
-    create_state,
-    cross_entropy,
-    epoch_batches,
-    forward,
-    make_optimizer,
-    masked_mean,
-    variables_of,
-)
+from lotus_jax.data.pipeline import num_batches
+from lotus_jax.train import runner
+from lotus_jax.train.context import Context
+from lotus_jax.train.losses import cross_entropy, masked_mean
+from lotus_jax.train.optim import make_optimizer
+from lotus_jax.train.runner import Phase, Plan
+from lotus_jax.train.state import TrainState, Variables, create_state, forward
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, *, prep) -> tuple[TrainState, dict]:
-    """One SGD step of cross-entropy on augmented images; padded rows (mask False) count nowhere."""
+    """One step of cross-entropy on augmented images; padded rows (mask False) count nowhere."""
     x = prep(batch["image"], key)
 
     def loss_fn(params):
@@ -39,26 +32,17 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, prep) -> tuple
     return state, {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
 
 
-def train(ctx: Context, variables: Variables, indices: np.ndarray, cfg, key: jax.Array, name: str) -> Variables:
-    """Trains `variables` on training-source `indices` for `cfg.epochs` epochs; logs one line per epoch.
+def plan(ctx: Context, variables: Variables, indices: np.ndarray, cfg) -> Plan:
+    """`cfg.epochs` shuffled epochs of `train_step` over training-source `indices`."""
+    tx = make_optimizer(cfg.optimizer, num_batches(len(indices), cfg.batch_size))
+    step = functools.partial(train_step, prep=ctx.prep)
+    return Plan(state=create_state(ctx.model, variables, tx, ctx.mesh), batch_size=int(cfg.batch_size),
+                epochs=int(cfg.epochs), phases=lambda epoch, info: [Phase("train", step, indices, keyed=True)],
+                summary=f"{len(indices)} examples, {cfg.epochs} epochs, {cfg.optimizer.name} lr {cfg.optimizer.lr}")
 
-    Resumable: each epoch ends with a checkpoint (`ctx.cursor(name)`), and a rerun continues from it.
-    """
-    pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
-    steps = pipeline.num_batches(len(indices), cfg.batch_size)
-    state = create_state(ctx.model, variables, make_optimizer(cfg.optimizer, steps), ctx.mesh)
-    step = jax.jit(functools.partial(train_step, prep=ctx.prep), donate_argnums=0)
-    cursor = ctx.cursor(name, cfg)
-    state = cursor.restore(state)
-    for epoch in cursor.epochs(int(cfg.epochs)):
-        t = Timer()
-        rng = np.random.default_rng([ctx.seed, 3, epoch])
-        state, m = cursor.run_phase(step, state, epoch_batches(ctx, indices, cfg.batch_size, rng),
-                                    key=jax.random.fold_in(key, epoch))
-        sec = t()
-        cursor.end_epoch(state, {"loss": m["loss"], "accuracy": m["accuracy"], "seconds": sec})
-        ctx.log(f"[{name}] epoch {epoch + 1}/{cfg.epochs}  loss {m['loss']:.4f}  train acc {m['accuracy']:.4f}  "
-                f"grad norm {m['grad_norm']:.3f}  {sec:.1f}s  {len(indices) / max(sec, 1e-9):.0f} img/s  "
-                f"ETA {cursor.eta(int(cfg.epochs)):.0f}s")
-    ctx.log(f"[{name}] trained {cfg.epochs} epochs on {len(indices)} examples in {cursor.elapsed():.1f}s")
-    return variables_of(state)
+
+def train(ctx: Context, variables: Variables, indices: np.ndarray, cfg, key: jax.Array, name: str) -> Variables:
+    """Trains `variables` on `indices` as stage `name` (resumable from its epoch checkpoints)."""
+    result = runner.run(ctx, name, lambda: plan(ctx, variables, indices, cfg), cfg, key)
+    ctx.log(f"[{name}] trained {cfg.epochs} epochs on {len(indices)} examples in {result.time_s:.1f}s")
+    return result.variables

@@ -42,24 +42,12 @@ import ml_collections as mlc
 import numpy as np
 import optax
 
-from lotus_jax.data import pipeline
 from lotus_jax.errors import ConfigError
-from lotus_jax.methods.base import MethodResult
-from lotus_jax.methods.common import (
-    Context,
-    Timer,
-    TrainState,
-    Variables,
-    create_state,
-    cross_entropy,
-    epoch_batches,
-    forward,
-    make_optimizer,
-    optimizer_config,
-    replicate,
-    variables_of,
-)
-
+from lotus_jax.train.context import Context
+from lotus_jax.train.losses import cross_entropy
+from lotus_jax.train.optim import make_optimizer, optimizer_config
+from lotus_jax.train.runner import Phase, Plan
+from lotus_jax.train.state import TrainState, Variables, create_state, forward, place
 
 def default_config() -> mlc.ConfigDict:
     """SPEC §5 optimizer (SGD lr 1e-3, wd 0; momentum 0.9), 10 epochs = 1 impair + 9 repair, batch 128."""
@@ -118,46 +106,30 @@ def unsir_step(state: TrainState, batch: dict, noise: jax.Array, noise_labels: j
     return state.apply_gradients(grads=grads, batch_stats=new_bs), {"loss": loss}
 
 
-def unlearn(ctx: Context, original: Variables, cfg, key: jax.Array) -> MethodResult:
-    """The UNSIR driver: retain subset and noise once, then impair epochs, then repair epochs.
-
-    `key` draws the initial noise (the only random draw outside the seeded numpy batch order).
-    """
-    cursor = ctx.cursor("unsir", cfg)
-    pipeline.check_batch_size(cfg.batch_size, ctx.mesh)
+def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
+    """Retain subset and noise once (`key` draws the initial noise), then impair epochs, then repair epochs."""
     epochs, impair_epochs = int(cfg.epochs), int(cfg.impair_epochs)
     if not 0 <= impair_epochs <= epochs:
-        raise ConfigError(f"unsir impair_epochs={impair_epochs} must lie in [0, epochs={epochs}]")
+        raise ConfigError(f"unsir.impair_epochs={impair_epochs} must lie in [0, unsir.epochs={epochs}]")
     labels = ctx.dataset.train.labels
     sub = retain_per_class_subset(ctx.splits.retain, labels, cfg.get("retain_per_class"), ctx.seed)
     classes, counts = np.unique(labels[ctx.splits.forget], return_counts=True)
-    shape = jax.eval_shape(ctx.prep, ctx.dataset.train.get(sub[:1])).shape[1:]
-    noise_labels = replicate(jnp.asarray(classes, jnp.int32), ctx.mesh)
-    noise0 = replicate(jax.random.normal(key, (len(classes), *shape), jnp.float32), ctx.mesh)
+    shape = jax.eval_shape(ctx.prep, jax.ShapeDtypeStruct((1, *ctx.dataset.train.image_shape), jnp.uint8)).shape[1:]
+    noise_labels = place(jnp.asarray(classes, jnp.int32), ctx.mesh)
+    noise0 = place(jax.random.normal(key, (len(classes), *shape), jnp.float32), ctx.mesh)
     learn = jax.jit(functools.partial(learn_noise, ctx.model.apply, steps=int(cfg.noise_steps),
                                       lr=float(cfg.noise_lr), lam=float(cfg.noise_lambda)))
-    noise, noise_ce = learn(replicate(original, ctx.mesh), noise_labels, noise0)
+    noise, noise_ce = learn(place(original, ctx.mesh), noise_labels, noise0)
     noise_ce = float(noise_ce)
-    ctx.log(f"[unsir] |D_f|={len(ctx.splits.forget)} retain subset {len(sub)}  noise for classes "
-            f"{classes.tolist()}: CE of the original on it {noise_ce:.4f}  {cursor.elapsed():.1f}s")
     noise_slots = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
     impair_idx = np.concatenate([sub, np.full(len(noise_slots), sub[0], sub.dtype)])
-    impair_slots = np.concatenate([np.full(len(sub), -1, np.int32), noise_slots])
-    repair_slots = np.full(len(sub), -1, np.int32)
-    state = create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh)
-    state = cursor.restore(state)
-    step = jax.jit(functools.partial(unsir_step, prep=ctx.prep), donate_argnums=0)
-    for epoch in cursor.epochs(epochs):
-        t = Timer()
-        phase = "impair" if epoch < impair_epochs else "repair"
-        idx, slots = (impair_idx, impair_slots) if phase == "impair" else (sub, repair_slots)
-        rng = np.random.default_rng([ctx.seed, 15, epoch])
-        state, m = cursor.run_phase(step, state, epoch_batches(ctx, idx, cfg.batch_size, rng, {"noise": slots}),
-                             noise, noise_labels)
-        sec = t()
-        cursor.end_epoch(state, {"phase": phase, **m, "seconds": sec})
-        ctx.log(f"[unsir] epoch {epoch + 1}/{epochs} {phase}  loss {m['loss']:.4f}  {sec:.1f}s")
-    variables = jax.block_until_ready(variables_of(state))
-    return MethodResult(variables=variables, time_s=cursor.elapsed(), history=cursor.history,
-                        extra={"noise_classes": classes.tolist(), "noise_ce": noise_ce,
-                               "retain_subset_size": len(sub)})
+    step = functools.partial(unsir_step, prep=ctx.prep)
+    impair = Phase("impair", step, impair_idx, args=(noise, noise_labels),
+                   extra={"noise": np.concatenate([np.full(len(sub), -1, np.int32), noise_slots])})
+    repair = Phase("repair", step, sub, args=(noise, noise_labels), extra={"noise": np.full(len(sub), -1, np.int32)})
+    return Plan(state=create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh),
+                batch_size=int(cfg.batch_size), epochs=epochs,
+                phases=lambda epoch, info: [impair if epoch < impair_epochs else repair],
+                summary=f"|D_f|={len(ctx.splits.forget)} retain subset {len(sub)}  noise for classes "
+                        f"{classes.tolist()}: CE of the original on it {noise_ce:.4f}",
+                extra={"noise_classes": classes.tolist(), "noise_ce": noise_ce, "retain_subset_size": len(sub)})

@@ -1,6 +1,8 @@
-"""Model zoo: CIFAR ResNet-18 and Vision Transformer, built from an ml_collections config."""
+"""Model zoo: CIFAR ResNet-18 and Vision Transformer, registered by `model.name` in `REGISTRY` and built from
+an ml_collections config."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flax import linen as nn
@@ -8,8 +10,10 @@ from flax import linen as nn
 from lotus_jax.models.conv import Conv
 from lotus_jax.models.resnet import ResNet18
 from lotus_jax.models.vit import VIT_VARIANTS, ViT, vit_variant_config
+from lotus_jax.registry import Registry
 
-MODEL_NAMES: tuple[str, ...] = ("resnet18", "vit")
+ModelBuilder = Callable[[Any, int, Any], nn.Module]
+REGISTRY: Registry[ModelBuilder] = Registry("model")
 
 VIT_OVERRIDES: tuple[str, ...] = (
     "patch_size",
@@ -22,29 +26,41 @@ VIT_OVERRIDES: tuple[str, ...] = (
 )
 
 
+@REGISTRY.register("resnet18")
+def _resnet18(model_cfg: Any, num_classes: int, dtype: Any) -> nn.Module:
+    """ResNet-18 (CIFAR variant); optional ``width`` (64) and ``small_conv_size`` (2, 0 = off)."""
+    kwargs = {key: model_cfg.get(key) for key in ("width", "small_conv_size")}
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    return ResNet18(num_classes=num_classes, dtype=dtype, **kwargs)
+
+
+@REGISTRY.register("vit")
+def _vit(model_cfg: Any, num_classes: int, dtype: Any) -> nn.Module:
+    """ViT of ``variant`` ('B/16' when absent) with the non-None ``VIT_OVERRIDES`` applied."""
+    variant = model_cfg.get("variant")
+    kwargs = vit_variant_config(variant if variant is not None else "B/16")
+    kwargs.update({key: model_cfg.get(key) for key in VIT_OVERRIDES if model_cfg.get(key) is not None})
+    return ViT(num_classes=num_classes, dtype=dtype, **kwargs)
+
+
+MODEL_NAMES: tuple[str, ...] = REGISTRY.names()
+
+
 def build_model(model_cfg: Any, num_classes: int, dtype: Any) -> nn.Module:
-    """Model named by ``model_cfg.name``; absent or None config keys take the defaults.
+    """Model named by ``model_cfg.name`` (a name in ``REGISTRY``); absent or None config keys take the defaults.
 
     resnet18: optional ``width`` (64) and ``small_conv_size`` (2).
     vit: ``variant`` ('Ti/16', 'S/16', 'B/16', 'L/16', any patch size) and optional overrides of
     ``patch_size, hidden_size, num_layers, num_heads, mlp_dim, layernorm_epsilon, representation_size``.
+    An unknown name raises a ``ConfigError`` (a ``ValueError``) listing the valid ones.
     """
-    name = model_cfg.get("name")
-    if name == "resnet18":
-        kwargs = {key: model_cfg.get(key) for key in ("width", "small_conv_size")}
-        kwargs = {key: value for key, value in kwargs.items() if value is not None}
-        return ResNet18(num_classes=num_classes, dtype=dtype, **kwargs)
-    if name == "vit":
-        variant = model_cfg.get("variant")
-        kwargs = vit_variant_config(variant if variant is not None else "B/16")
-        kwargs.update({key: model_cfg.get(key) for key in VIT_OVERRIDES if model_cfg.get(key) is not None})
-        return ViT(num_classes=num_classes, dtype=dtype, **kwargs)
-    raise ValueError(f"Unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}.")
+    return REGISTRY.get(model_cfg.get("name"))(model_cfg, num_classes, dtype)
 
 
 __all__ = [
     "Conv",
     "MODEL_NAMES",
+    "REGISTRY",
     "ResNet18",
     "VIT_VARIANTS",
     "ViT",

@@ -1,5 +1,5 @@
-"""Batching: fixed-size padded batches that visit each example exactly once; sharding over the mesh;
-on-device preprocessing."""
+"""Batches on the mesh (sharding, batch sizes that fit the devices) and on-device preprocessing; the epoch
+loader itself is tested in test_loader.py."""
 
 import chex
 import jax
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lotus_jax.data import pipeline
+from lotus_jax.data.loader import EpochLoader
 from lotus_jax.data.sources import ArraySource
 from lotus_jax.data.transforms import Preprocess, random_crop
 from lotus_jax.errors import ConfigError
@@ -18,48 +19,13 @@ def _source(n=23):
     return ArraySource(images, (np.arange(n) % 3).astype(np.int32), ("a", "b", "c"))
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_every_example_exactly_once_with_padding_masked(shuffle):
-    src, idx = _source(), np.array([3, 5, 7, 11, 13, 17, 19])
-    rng = np.random.default_rng(0) if shuffle else None
-    seen = []
-    for b in pipeline.batches(src, idx, 4, rng=rng, extra={"flag": np.arange(7)}):
-        chex.assert_shape(b["image"], (4, 4, 4, 1))
-        assert b["mask"].dtype == bool
-        seen += list(b["image"][b["mask"], 0, 0, 0])
-        np.testing.assert_array_equal(idx[b["flag"]], b["image"][:, 0, 0, 0])  # extras stay aligned
-        np.testing.assert_array_equal(b["label"], src.labels[b["image"][:, 0, 0, 0]])
-    assert sorted(seen) == sorted(idx)
-    assert pipeline.num_batches(7, 4) == 2
-
-
-def test_shuffle_is_seeded():
-    src, idx = _source(), np.arange(23)
-    order = lambda s: [x for b in pipeline.batches(src, idx, 8, rng=np.random.default_rng(s))  # noqa: E731
-                       for x in b["image"][b["mask"], 0, 0, 0]]
-    assert order(1) == order(1) and order(1) != order(2)
-
-
 def test_batches_are_sharded_over_the_data_axis():
     mesh = pipeline.make_mesh(8)
-    b = next(iter(pipeline.prefetch(pipeline.batches(_source(), np.arange(23), 16), mesh)))
+    with EpochLoader(_source(), np.arange(23), 16, mesh) as it:
+        b = next(it)
     assert b["image"].sharding.spec == jax.sharding.PartitionSpec("data")
     assert len(b["image"].addressable_shards) == 8
     chex.assert_shape(b["image"].addressable_shards[0].data, (2, 4, 4, 1))
-
-
-def test_prefetch_yields_all_batches_in_order_and_reraises():
-    mesh = pipeline.make_mesh(1)
-    got = [int(b["image"][0, 0, 0, 0]) for b in pipeline.prefetch(pipeline.batches(_source(), np.arange(23), 5),
-                                                                  mesh)]
-    assert got == [0, 5, 10, 15, 20]
-
-    def broken():
-        yield next(pipeline.batches(_source(), np.arange(5), 5))
-        raise RuntimeError("decode failed")
-
-    with pytest.raises(RuntimeError, match="decode failed"):
-        list(pipeline.prefetch(broken(), mesh))
 
 
 def test_batch_size_must_divide_over_devices():
@@ -89,3 +55,15 @@ def test_augmentation_only_with_a_key_and_crop_keeps_content():
         assert found
     with pytest.raises(ConfigError, match="unknown augmentation"):
         Preprocess((0.0,), (1.0,), augment="mixup")
+
+
+def test_augmenting_uint8_images_first_equals_augmenting_inside_preprocess():
+    # Unlearning through the training transform augments the uint8 batch before the step (runner); that must
+    # be the same as the augmentation original/gold training gets inside `prep(x, key)`. Catches a crop that
+    # pads with anything but black, or a flip drawn from another key.
+    x = jnp.asarray(np.random.default_rng(1).integers(0, 256, (16, 6, 6, 3), dtype=np.uint8))
+    prep = Preprocess((0.5, 0.4, 0.3), (0.2, 0.2, 0.2), augment="crop_flip", pad=2)
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(prep(prep.augment_images(x, key)), prep(x, key))
+    assert prep.augment_images(x, key).dtype == jnp.uint8
+    np.testing.assert_array_equal(Preprocess((0.0,), (1.0,)).augment_images(x, key), x)  # augment="none"

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lotus_jax.data.sources import DataError, digits_dataset, folder_dataset, load_dataset, tfds_dataset
+from lotus_jax import config
+from lotus_jax.data.sources import (DataError, digits_dataset, folder_dataset, heldout_val_size, load_dataset,
+                                    tfds_dataset)
+from lotus_jax.errors import ConfigError
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -68,6 +71,73 @@ def test_folder_errors_say_what_to_do(tmp_path):
         load_dataset(mlc.ConfigDict(dict(source="folder", path=None)))
     with pytest.raises(DataError, match="unknown data.source"):
         load_dataset(mlc.ConfigDict(dict(source="s3")))
+
+
+def _write_val_test_tree(root: Path) -> None:
+    """train/val/test folders (PNG, 4x4) whose pixel value says split and position: val 1.., test 101.."""
+    counts = {"train": {"ant": 3, "bee": 3}, "val": {"ant": 2, "bee": 3}, "test": {"ant": 4, "bee": 1}}
+    for split, per_class in counts.items():
+        value = {"train": 201, "val": 1, "test": 101}[split]
+        for cls, n in per_class.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(root / split / cls / f"{i:03d}.png")
+                value += 1
+
+
+def test_test_split_reads_val_and_test_from_their_own_folders(tmp_path):
+    _write_val_test_tree(tmp_path / "tree")
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    for path in (tmp_path / "tree", archive):
+        ds = folder_dataset(str(path), heldout_split="val", test_split="test")
+        assert len(ds.heldout) == 10 and heldout_val_size(ds.heldout.labels) == 5
+        np.testing.assert_array_equal(ds.heldout.labels, [0, 0, 1, 1, 1, 0, 0, 0, 0, 1])
+        pixels = ds.heldout.get(np.arange(10))[:, 0, 0, 0]
+        np.testing.assert_array_equal(pixels, [1, 2, 3, 4, 5, 101, 102, 103, 104, 105])  # val folder, then test
+        assert ds.heldout.describe(5).endswith("test/ant/000.png")
+        assert heldout_val_size(ds.heldout.labels[:5]) is None  # derived arrays carry no boundary
+    # Without test_split the held-out source is the one folder, as before.
+    assert heldout_val_size(folder_dataset(str(tmp_path / "tree"), heldout_split="val").heldout.labels) is None
+
+
+def test_heldout_per_class_subsets_val_and_test_separately(tmp_path):
+    _write_val_test_tree(tmp_path / "tree")
+    cfg = mlc.ConfigDict(dict(source="folder", path=str(tmp_path / "tree"), heldout_split="val", test_split="test",
+                              heldout_per_class=2))
+    ds = load_dataset(cfg)
+    assert heldout_val_size(ds.heldout.labels) == 4  # 2 ant + 2 bee from val; then 2 ant + 1 bee from test
+    np.testing.assert_array_equal(ds.heldout.get(np.arange(len(ds.heldout)))[:, 0, 0, 0], [1, 2, 3, 4, 101, 102, 105])
+
+
+def test_test_split_errors_say_what_to_do(tmp_path):
+    _write_val_test_tree(tmp_path / "tree")
+    with pytest.raises(DataError, match="no images under exam/<class>/ .*data.test_split"):
+        folder_dataset(str(tmp_path / "tree"), heldout_split="val", test_split="exam")
+    with pytest.raises(DataError, match="read by data.source=folder only"):
+        load_dataset(mlc.ConfigDict(dict(source="digits", test_split="test")))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"test_split": "test"}, ("data.test_split (a separate test folder) is read by data.source=folder only, got "
+                              "data.source=digits; unset it")),
+    ({"source": "folder", "path": "x", "test_split": "test"},
+     ("data.test_split must name a folder other than data.train_split ('train') and data.heldout_split ('test'), "
+      "got 'test'")),
+    ({"source": "folder", "path": "x", "test_split": ""}, "data.test_split must be None or a non-empty string, got ''"),
+    ({"source": "folder", "path": "x", "heldout_split": "val", "test_split": "test"}, None),
+])
+def test_test_split_config_rules(overrides, message):
+    cfg = config.base_config()
+    for key, value in overrides.items():
+        cfg.data[key] = value
+    try:
+        config.validate(cfg)
+    except ConfigError as e:
+        assert str(e) == message
+    else:
+        assert message is None
 
 
 def _prepare_tfds(data_dir: Path):

@@ -1,13 +1,16 @@
 """Splits: disjoint, stratified, deterministic per seed, different across seeds; every mode of SPEC §2;
-validation of bad forget settings; reuse from the workdir."""
+validation of bad forget settings; reuse from the workdir; separate val and test folders (`data.test_split`)."""
 
 import json
 
+import ml_collections as mlc
 import numpy as np
 import pytest
+from PIL import Image
 
-from lotus_jax.data.sources import DataError
-from lotus_jax.data.splits import (forget_indices, load_ids, load_or_make_splits, make_splits, split_heldout)
+from lotus_jax.data.sources import DataError, heldout_labels, load_dataset
+from lotus_jax.data.splits import (forget_indices, load_ids, load_or_make_splits, make_splits, split_heldout,
+                                   split_settings)
 
 LABELS = np.repeat(np.arange(5), [40, 30, 20, 50, 10])
 HELDOUT = np.repeat(np.arange(5), [12, 10, 8, 6, 4])
@@ -108,3 +111,54 @@ def test_saved_split_is_reused_and_a_different_one_refused(tmp_path):
         assert json.loads(str(z["settings"]))["fraction"] == 0.1
     with pytest.raises(DataError, match="different split settings"):
         load_or_make_splits(path, LABELS, HELDOUT, dict(settings, fraction=0.2), 1)
+
+
+def test_separate_val_and_test_folders_are_kept_apart_saved_and_reused(tmp_path):
+    """data.test_split: val = the val folder, test = the test folder, each held-out example exactly once,
+    whatever the seed; the split is saved with its settings and reused."""
+    root = tmp_path / "tree"
+    for split, n in (("train", 10), ("val", 3), ("test", 5)):
+        for c, cls in enumerate(("old", "young")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n + c):
+                Image.fromarray(np.full((4, 4, 3), 10 * c + i, np.uint8)).save(root / split / cls / f"{i}.png")
+    cfg = mlc.ConfigDict(dict(source="folder", path=str(root), train_split="train", heldout_split="val",
+                              test_split="test", val_fraction=0.5, forget=dict(mode="fraction", fraction=0.2)))
+    ds = load_dataset(cfg)
+    settings = split_settings(cfg, 5)
+    assert settings["test_split"] == "test" and settings["heldout_split"] == "val" and "val_fraction" not in settings
+    path = tmp_path / "splits.npz"
+    s, reused = load_or_make_splits(path, ds.train.labels, ds.heldout.labels, settings, 5)
+    n_val = 3 + 4
+    assert not reused and s.sizes() == {"forget": 4, "retain": 17, "val": n_val, "test": 5 + 6}
+    np.testing.assert_array_equal(s.val, np.arange(n_val))
+    np.testing.assert_array_equal(s.test, np.arange(n_val, len(ds.heldout)))
+    assert {ds.heldout.describe(int(i)).split("/")[0] for i in s.val} == {"val"}  # paths relative to the tree
+    assert {ds.heldout.describe(int(i)).split("/")[0] for i in s.test} == {"test"}
+    other_seed = make_splits(ds.train.labels, ds.heldout.labels, dict(settings, seed=6), 6)
+    np.testing.assert_array_equal(other_seed.val, s.val)  # not drawn: the folders decide
+    again, reused = load_or_make_splits(path, ds.train.labels, ds.heldout.labels, settings, 5)
+    assert reused
+    for k in ("forget", "retain", "val", "test"):
+        np.testing.assert_array_equal(getattr(again, k), getattr(s, k))
+    with pytest.raises(DataError, match="different split settings"):  # same workdir, halved held-out: refused
+        load_or_make_splits(path, ds.train.labels, ds.heldout.labels, split_settings(_without_test_split(cfg), 5), 5)
+    # The boundary and the settings must agree.
+    with pytest.raises(DataError, match="exactly when data.test_split is set"):
+        make_splits(LABELS, heldout_labels(HELDOUT, 10), FRACTION, 0)
+    with pytest.raises(DataError, match="exactly when data.test_split is set"):
+        make_splits(LABELS, HELDOUT, dict(FRACTION, test_split="test"), 0)
+
+
+def _without_test_split(cfg):
+    out = cfg.copy_and_resolve_references()
+    out.test_split = None
+    return out
+
+
+def test_split_heldout_with_a_val_size_takes_the_leading_examples():
+    val, test = split_heldout(HELDOUT, seed=0, val_size=12)
+    np.testing.assert_array_equal(val, np.arange(12))
+    np.testing.assert_array_equal(test, np.arange(12, len(HELDOUT)))
+    with pytest.raises(DataError, match="must both hold images"):
+        split_heldout(HELDOUT, seed=0, val_size=len(HELDOUT))

@@ -16,8 +16,10 @@ from lotus_jax.data import make_mesh
 from lotus_jax.data.sources import digits_dataset
 from lotus_jax.data.splits import make_splits
 from lotus_jax.data.transforms import Preprocess
-from lotus_jax.methods.common import Context, make_eval_fn, optimizer_config
-from lotus_jax.methods.train import train
+from lotus_jax.evaluate import make_eval_fn
+from lotus_jax.methods.supervised import train
+from lotus_jax.train.context import Context
+from lotus_jax.train.optim import optimizer_config
 
 
 class TinyCNN(nn.Module):

@@ -3,8 +3,10 @@ import jax
 import numpy as np
 import pytest
 
+from lotus_jax import methods
 from lotus_jax.methods import bad_teacher
-from lotus_jax.methods.common import kl_divergence, optimizer_config
+from lotus_jax.train.losses import kl_divergence
+from lotus_jax.train.optim import optimizer_config
 
 KEY = jax.random.key(3)
 
@@ -32,7 +34,7 @@ def run(class_problem):
     logs: list[str] = []
     ctx_log, ctx.log = ctx.log, logs.append
     try:
-        res = bad_teacher.unlearn(ctx, original, cfg, KEY)
+        res = methods.unlearn(ctx, "bad_teacher", original, cfg, KEY)
     finally:
         ctx.log = ctx_log
     return res, logs

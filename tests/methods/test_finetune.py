@@ -12,8 +12,9 @@ import optax
 
 from lotus_jax.data import make_mesh, to_device
 from lotus_jax.data.sources import ArraySource
+from lotus_jax import methods
 from lotus_jax.methods import finetune
-from lotus_jax.methods.common import create_state
+from lotus_jax.train.state import create_state
 from tests.methods.helpers import TinyCNN
 
 
@@ -96,7 +97,7 @@ def test_driver_descends_on_retain_and_keeps_accuracy(problem):
     cfg.update(dict(epochs=2, batch_size=64))
     cfg.optimizer.lr = 0.01
     lines = []
-    res = finetune.unlearn(dataclasses.replace(ctx, log=lines.append), original, cfg, jax.random.key(0))
+    res = methods.unlearn(dataclasses.replace(ctx, log=lines.append), "finetune", original, cfg, jax.random.key(0))
     assert [h["epoch"] for h in res.history] == [1, 2] and res.time_s > 0
     assert sum("epoch" in line for line in lines) == 2
     assert mean_ce(ctx, res.variables, "retain") < 0.95 * mean_ce(ctx, original, "retain")
@@ -117,8 +118,8 @@ def test_driver_never_reads_the_forget_set(problem):
         ctx.dataset, train=ArraySource(images, labels, train.class_names)))
     cfg = finetune.default_config()
     cfg.update(dict(epochs=1, batch_size=64))
-    a = finetune.unlearn(ctx, original, cfg, jax.random.key(0))
-    b = finetune.unlearn(scrambled, original, cfg, jax.random.key(0))
+    a = methods.unlearn(ctx, "finetune", original, cfg, jax.random.key(0))
+    b = methods.unlearn(scrambled, "finetune", original, cfg, jax.random.key(0))
     chex.assert_trees_all_equal(jax.device_get(a.variables), jax.device_get(b.variables))
     assert not np.array_equal(jax.tree.leaves(jax.device_get(a.variables))[0],
                               jax.tree.leaves(jax.device_get(original))[0])

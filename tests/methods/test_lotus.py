@@ -1,8 +1,10 @@
 """LoTUS: targets, loss, temperature and stopping rule against hand-computed values and textbook
 identities; the jitted step (no recompiles, sharded == single device); the driver on a tiny problem."""
 
+import dataclasses
 import functools
 import math
+import time
 
 import chex
 import jax
@@ -12,9 +14,12 @@ import optax
 import pytest
 from scipy import integrate
 
+from lotus_jax import methods
 from lotus_jax.data import make_mesh, to_device
 from lotus_jax.methods import lotus
-from lotus_jax.methods.common import create_state, soft_cross_entropy, variables_of
+from lotus_jax.train.context import Context
+from lotus_jax.train.losses import soft_cross_entropy
+from lotus_jax.train.state import create_state, place, variables_of
 from tests.methods.helpers import TinyCNN
 
 
@@ -112,15 +117,16 @@ def test_retain_subset_is_seeded_sorted_and_sized():
 
 
 def _state_and_batch(mesh, tx, n=16):
+    """(student state, frozen teacher on the mesh, device batch with 3 padded rows and every 3rd row forget)."""
     model = TinyCNN(10)
     variables = jax.jit(lambda k: model.init({"params": k}, jnp.zeros((1, 8, 8, 1)), train=False))(
         jax.random.key(0))
-    state = create_state(model, variables, tx, mesh, lotus.LotusState, teacher=variables)
+    state = create_state(model, variables, tx, mesh)
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8),
              "label": rng.integers(0, 10, n).astype(np.int32),
              "mask": np.arange(n) < n - 3, "forget": (np.arange(n) % 3 == 0).astype(np.int32)}
-    return state, to_device(batch, mesh)
+    return state, place(variables, mesh), to_device(batch, mesh)
 
 
 def _prep(images):
@@ -129,29 +135,50 @@ def _prep(images):
 
 def test_step_does_not_recompile_for_new_temperature():
     mesh = make_mesh(1)
-    state, batch = _state_and_batch(mesh, optax.adamw(1e-3, weight_decay=5e-4))
+    state, teacher, batch = _state_and_batch(mesh, optax.adamw(1e-3, weight_decay=5e-4))
+    teacher_before = jax.device_get(teacher)
     step = jax.jit(functools.partial(lotus.lotus_step, prep=_prep))
-    s1, m1 = step(state, batch, jnp.float32(1.0), jax.random.key(0))
-    s2, m2 = step(s1, batch, jnp.float32(3.7), jax.random.key(1))
+    s1, m1 = step(state, batch, teacher, jnp.float32(1.0), jax.random.key(0))
+    s2, m2 = step(s1, batch, teacher, jnp.float32(3.7), jax.random.key(1))
     assert step._cache_size() == 1
     assert np.isfinite(float(m1["loss"])) and np.isfinite(float(m2["loss"]))
     # The teacher never moves; the student does.
-    chex.assert_trees_all_equal(s2.teacher, state.teacher)
+    chex.assert_trees_all_equal(jax.device_get(teacher), teacher_before)
     assert not np.allclose(jax.tree.leaves(s2.params)[0], jax.tree.leaves(state.params)[0])
 
 
 def test_step_matches_manual_computation():
     """Loss of the step = soft CE of student logits (train-mode BN on valid rows) vs lotus_targets."""
     mesh = make_mesh(1)
-    state, batch = _state_and_batch(mesh, optax.sgd(0.1))
+    state, teacher, batch = _state_and_batch(mesh, optax.sgd(0.1))
     key, tau = jax.random.key(5), jnp.float32(2.0)
-    _, metrics = jax.jit(functools.partial(lotus.lotus_step, prep=_prep))(state, batch, tau, key)
+    _, metrics = jax.jit(functools.partial(lotus.lotus_step, prep=_prep))(state, batch, teacher, tau, key)
     x = _prep(batch["image"])
-    z = state.apply_fn(state.teacher, x, train=False)
+    z = state.apply_fn(teacher, x, train=False)
     targets = lotus.lotus_targets(z, batch["forget"], tau, key)
     logits, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=True,
                                mask=batch["mask"], mutable=["batch_stats"])
     np.testing.assert_allclose(metrics["loss"], soft_cross_entropy(logits, targets, batch["mask"]), rtol=1e-5)
+
+
+# Catches: a LoTUS step whose student keeps its old BatchNorm running statistics (e.g. `lotus_step` returning
+# `state.batch_stats` instead of the statistics of its training-mode forward pass), or one that updates them
+# over the padded rows too (the mask ignored).
+def test_step_updates_the_students_batchnorm_statistics_over_valid_rows():
+    mesh = make_mesh(1)
+    state, teacher, batch = _state_and_batch(mesh, optax.sgd(0.1))
+    before = jax.device_get(state.batch_stats)
+    new, _ = jax.jit(functools.partial(lotus.lotus_step, prep=_prep))(state, batch, teacher, jnp.float32(2.0),
+                                                                       jax.random.key(5))
+    after = jax.device_get(new.batch_stats)
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before, after)
+    assert all(jax.tree.leaves(changed)), f"BatchNorm statistics not updated by the step: {changed}"
+    # Exactly what a training-mode forward of the student (before the update) computes on the valid rows.
+    _, upd = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, _prep(batch["image"]),
+                            train=True, mask=batch["mask"], mutable=["batch_stats"])
+    chex.assert_trees_all_close(after, jax.device_get(upd["batch_stats"]), rtol=1e-6, atol=1e-7)
+    # The teacher's statistics (inference mode) are not what the student carries.
+    assert not np.allclose(jax.tree.leaves(after)[0], jax.tree.leaves(jax.device_get(teacher["batch_stats"]))[0])
 
 
 def test_step_on_8_devices_equals_single_device():
@@ -159,10 +186,10 @@ def test_step_on_8_devices_equals_single_device():
     results = []
     for n in (1, 8):
         mesh = make_mesh(n)
-        state, batch = _state_and_batch(mesh, optax.sgd(0.05), n=16)
+        state, teacher, batch = _state_and_batch(mesh, optax.sgd(0.05), n=16)
         step = jax.jit(functools.partial(lotus.lotus_step, prep=_prep))
-        state, m = step(state, batch, jnp.float32(1.5), jax.random.key(7))
-        state, m = step(state, batch, jnp.float32(1.5), jax.random.key(8))
+        state, m = step(state, batch, teacher, jnp.float32(1.5), jax.random.key(7))
+        state, m = step(state, batch, teacher, jnp.float32(1.5), jax.random.key(8))
         results.append((jax.device_get(variables_of(state)), float(m["loss"])))
     chex.assert_trees_all_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
@@ -176,13 +203,17 @@ def _cfg(**kw):
     return cfg
 
 
+def unlearn(ctx, original, cfg, key):
+    return methods.unlearn(ctx, "lotus", original, cfg, key)
+
+
 def test_driver_history_follows_the_temperature_rule(problem):
     ctx, original = problem
     lines = []
     ctx_log = ctx.log
     ctx.log = lines.append
     try:
-        res = lotus.unlearn(ctx, original, _cfg(), jax.random.key(0))
+        res = unlearn(ctx, original, _cfg(), jax.random.key(0))
     finally:
         ctx.log = ctx_log
     acc_u = res.extra["acc_u"]
@@ -199,12 +230,16 @@ def test_driver_history_follows_the_temperature_rule(problem):
     assert any("acc_f" in line and "tau" in line for line in lines)
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), res.variables["params"], original["params"])
     assert any(jax.tree.leaves(changed))
+    # The student's BatchNorm running statistics follow its training batches.
+    moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(res.variables["batch_stats"]),
+                         jax.device_get(original["batch_stats"]))
+    assert all(jax.tree.leaves(moved)), moved
 
 
 def test_driver_lowers_forget_accuracy_in_class_unlearning(class_problem):
     ctx, original = class_problem
     before = ctx.evaluate(original, "forget").accuracy
-    res = lotus.unlearn(ctx, original, _cfg(alpha=32.0, epochs=3), jax.random.key(0))
+    res = unlearn(ctx, original, _cfg(alpha=32.0, epochs=3), jax.random.key(0))
     assert res.extra["acc_u"] == 0.0
     after = ctx.evaluate(res.variables, "forget").accuracy
     assert before > 0.95 and after < before - 0.2
@@ -213,16 +248,97 @@ def test_driver_lowers_forget_accuracy_in_class_unlearning(class_problem):
 
 def test_driver_stops_immediately_when_forget_accuracy_is_already_low(problem):
     ctx, original = problem
-    res = lotus.unlearn(ctx, original, _cfg(stop_threshold=2.0), jax.random.key(0))
+    res = unlearn(ctx, original, _cfg(stop_threshold=2.0), jax.random.key(0))
     assert len(res.history) == 1 and res.history[0]["stopped"]
     chex.assert_trees_all_equal(jax.device_get(res.variables), jax.device_get(original))
 
 
 def test_driver_is_deterministic(problem):
     ctx, original = problem
-    a = lotus.unlearn(ctx, original, _cfg(epochs=2), jax.random.key(3))
-    b = lotus.unlearn(ctx, original, _cfg(epochs=2), jax.random.key(3))
+    a = unlearn(ctx, original, _cfg(epochs=2), jax.random.key(3))
+    b = unlearn(ctx, original, _cfg(epochs=2), jax.random.key(3))
     chex.assert_trees_all_equal(jax.device_get(a.variables), jax.device_get(b.variables))
-    c = lotus.unlearn(ctx, original, _cfg(epochs=2), jax.random.key(4))
+    c = unlearn(ctx, original, _cfg(epochs=2), jax.random.key(4))
     assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, jax.device_get(a.variables),
                                                 jax.device_get(c.variables))))
+
+
+class RecordingContext(Context):
+    """A Context that records every `batches` request (indices and extras) and every `evaluate` call, and
+    makes each evaluation take `eval_sleep` extra seconds."""
+
+    def __init__(self, ctx: Context, eval_sleep: float = 0.0):
+        super().__init__(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)})
+        self.requests: list[tuple[np.ndarray, dict | None]] = []
+        self.evaluations: list[str] = []
+        self.eval_sleep = eval_sleep
+
+    def batches(self, indices, batch_size, *, source=None, shuffle_seed=None, extra=None, start_batch=0):
+        self.requests.append((np.asarray(indices).copy(), None if extra is None else dict(extra)))
+        return super().batches(indices, batch_size, source=source, shuffle_seed=shuffle_seed, extra=extra,
+                               start_batch=start_batch)
+
+    def evaluate(self, variables, split, keep_probs=False):
+        self.evaluations.append(split)
+        time.sleep(self.eval_sleep)
+        return super().evaluate(variables, split, keep_probs)
+
+
+# Catches: LoTUS unlearning on the full retain set D_r (or on an unseeded / wrongly sized subset) instead of
+# D_f ∪ D_r', D_r' = `retain_subset(D_r, 0.3, seed)` drawn once with the run's seed.
+def test_unlearning_visits_exactly_the_forget_set_and_the_seeded_30_percent_retain_subset(problem):
+    ctx, original = problem
+    retain, forget = ctx.splits.retain, ctx.splits.forget
+    cfg = _cfg(epochs=2, stop_threshold=None)
+    assert lotus.default_config().retain_fraction == 0.3
+    sub = lotus.retain_subset(retain, 0.3, ctx.seed)
+    assert len(sub) == round(0.3 * len(retain)) and set(sub) <= set(retain)
+    np.testing.assert_array_equal(sub, lotus.retain_subset(retain, 0.3, ctx.seed))
+    assert not np.array_equal(sub, lotus.retain_subset(retain, 0.3, ctx.seed + 1))
+
+    rec = RecordingContext(ctx)
+    res = unlearn(rec, original, cfg, jax.random.key(0))
+    assert len(res.history) == 2
+    passes = [(idx, extra) for idx, extra in rec.requests if extra is not None]  # training passes carry a flag
+    assert len(passes) == 2, f"expected one training pass per epoch, got {len(passes)}"
+    for idx, extra in passes:
+        assert len(idx) == len(forget) + len(sub), (
+            f"an epoch visits {len(idx)} examples; |D_f| + |D_r'| = {len(forget)} + {len(sub)}")
+        np.testing.assert_array_equal(np.sort(idx), np.sort(np.concatenate([forget, sub])))
+        flags = np.asarray(extra["forget"])
+        np.testing.assert_array_equal(np.sort(idx[flags == 1]), np.sort(forget))
+        np.testing.assert_array_equal(np.sort(idx[flags == 0]), sub)
+    # Another seed draws another subset: the phase's examples follow the run's seed.
+    other = dataclasses.replace(ctx, seed=ctx.seed + 1)
+    phase = lotus.plan(other, original, cfg, jax.random.key(0)).phases(0, {"tau": 1.0})[0]
+    np.testing.assert_array_equal(np.sort(phase.indices),
+                                  np.sort(np.concatenate([forget, lotus.retain_subset(retain, 0.3, ctx.seed + 1)])))
+
+
+# Catches: a LoTUS time that leaves out part of the unlearning call (acc_u, the per-epoch acc_f passes, the
+# retain sub-sampling or the updates, e.g. timing only the steps) or that includes an evaluation of the final
+# model (e.g. a `finish` or an extra pass that evaluates the unlearned student inside the timed call).
+def test_time_covers_subsampling_evaluations_and_updates_not_the_final_evaluation(problem, monkeypatch):
+    ctx, original = problem
+    epochs, sleep = 2, 1.0
+    subsample = lotus.retain_subset
+
+    def slow_subset(*args, **kwargs):
+        time.sleep(sleep)
+        return subsample(*args, **kwargs)
+
+    monkeypatch.setattr(lotus, "retain_subset", slow_subset)
+    rec = RecordingContext(ctx, eval_sleep=sleep)
+    start = time.perf_counter()
+    res = unlearn(rec, original, _cfg(epochs=epochs, stop_threshold=None), jax.random.key(0))
+    wall = time.perf_counter() - start
+    # acc_u once on D_u, then acc_f of the student before each epoch: nothing else is evaluated.
+    assert rec.evaluations == ["val"] + ["forget"] * epochs, rec.evaluations
+    assert len(res.history) == epochs
+    sleeps = (len(rec.evaluations) + 1) * sleep  # the evaluations and the sub-sampling
+    assert res.time_s >= sleeps, f"time_s {res.time_s:.2f}s < {sleeps:.2f}s spent evaluating and sub-sampling"
+    # Practically the whole call (updates included) is timed ...
+    assert res.time_s > wall - 0.5 * sleep, f"time_s {res.time_s:.2f}s of a {wall:.2f}s call"
+    # ... and an evaluation of the result after the call is not.
+    rec.evaluate(res.variables, "forget")
+    assert res.time_s <= wall + 1e-3 < time.perf_counter() - start - 0.5 * sleep

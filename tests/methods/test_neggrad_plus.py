@@ -1,19 +1,23 @@
 """NegGrad+: the step really ascends on the forget loss (update linear in beta, beta=0 raises the forget
 CE), the retain/forget pairing, and the driver raising the forget CE while retain accuracy holds."""
 
+import dataclasses
 import functools
-import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 import pytest
 
+from lotus_jax import config, methods
 from lotus_jax.data import make_mesh, to_device
-from lotus_jax.data.sources import ArraySource
 from lotus_jax.errors import ConfigError
 from lotus_jax.methods import neggrad_plus
+from lotus_jax.train import runner
+from lotus_jax.train.runner import Plan
 from tests.methods.test_finetune import mean_ce, prep, tiny_state
+from tests.train.toy import Recorder, counting_state, recorded, recording_step, toy_context, toy_source
 
 STEP = jax.jit(functools.partial(neggrad_plus.neggrad_plus_step, prep=prep))
 
@@ -29,7 +33,7 @@ def _pair():
 def test_default_config_follows_spec():
     cfg = neggrad_plus.default_config()
     assert cfg.epochs == 10 and cfg.beta == 0.999 and cfg.optimizer.name == "sgd"
-    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum) == (1e-3, 5e-4, 0.0)
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum) == (1e-3, 5e-4, 0.9)
 
 
 def test_update_is_linear_in_beta():
@@ -54,37 +58,53 @@ def test_beta_zero_ascends_on_the_forget_batch_and_beta_one_descends_on_retain()
     assert m1_next["retain_ce"] < m1["retain_ce"] - 1e-3
 
 
-def test_pairs_cover_retain_once_and_cycle_forget():
+def test_pairs_cover_retain_once_and_cycle_forget(problem):
+    # The plan pairs D_r and D_f in one phase ...
+    ctx, original = problem
+    phase = neggrad_plus.plan(ctx, original, neggrad_plus.default_config(), jax.random.key(0)).phases(0, {})[0]
+    assert set(phase.indices) == {"retain", "forget"}
+    np.testing.assert_array_equal(phase.indices["retain"], ctx.splits.retain)
+    np.testing.assert_array_equal(phase.indices["forget"], ctx.splits.forget)
+    # ... and the runner makes the pairs: that phase on a toy source, with a step recording its batches.
     n_retain, n_forget, bs = 50, 12, 8
-    src = ArraySource(np.zeros((n_retain + n_forget, 2, 2, 1), np.uint8), np.arange(n_retain + n_forget),
-                      ("x",))
-    ctx = types.SimpleNamespace(dataset=types.SimpleNamespace(train=src))
+    toy = toy_context(toy_source(n_retain + n_forget))
     retain, forget = np.arange(n_retain), np.arange(n_retain, n_retain + n_forget)
-    pairs = list(neggrad_plus.paired_batches(ctx, retain, forget, bs, np.random.default_rng(0)))
-    assert len(pairs) == 7  # ceil(50 / 8) retain batches; the 2-batch forget set cycles
-    seen_r = np.concatenate([p["retain"]["label"][p["retain"]["mask"]] for p in pairs])
-    seen_f = np.concatenate([p["forget"]["label"][p["forget"]["mask"]] for p in pairs])
-    np.testing.assert_array_equal(np.sort(seen_r), retain)
-    counts = np.bincount(seen_f - n_retain, minlength=n_forget)
+
+    def pairs(retain_side, forget_side):
+        rec = Recorder()
+        paired = dataclasses.replace(phase, step=recording_step(rec), args=(),
+                                     indices={"retain": retain_side, "forget": forget_side})
+        plan = Plan(state=counting_state(), batch_size=bs, epochs=1, finish=lambda s: s,
+                    phases=lambda epoch, info: [paired])
+        runner.run(toy, "neggrad_plus", lambda: plan, {}, jax.random.key(0))
+        return recorded(rec, "retain"), recorded(rec, "forget")
+
+    seen_r, seen_f = pairs(retain, forget)
+    assert len(seen_r) == len(seen_f) == 7  # ceil(50 / 8) retain batches; the 2-batch forget set cycles
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen_r)), retain)
+    counts = np.bincount(np.concatenate(seen_f) - n_retain, minlength=n_forget)
     assert counts.min() >= 3 and counts.max() <= 4  # 3.5 passes over the forget set, each complete pass once
     # Both sides swap roles when the forget set is the larger one.
-    swapped = list(neggrad_plus.paired_batches(ctx, forget, retain, bs, np.random.default_rng(0)))
-    assert len(swapped) == 7
+    seen_r, seen_f = pairs(forget, retain)
+    assert len(seen_r) == len(seen_f) == 7
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen_f)), retain)
 
 
-def test_invalid_beta_is_rejected(problem):
-    ctx, original = problem
+def test_invalid_beta_is_rejected():
+    # Checked with the rest of the config before any work starts (lotus_jax.config.validate).
     cfg = neggrad_plus.default_config()
     cfg.beta = 1.5
     with pytest.raises(ConfigError, match="beta"):
-        neggrad_plus.unlearn(ctx, original, cfg, jax.random.key(0))
+        config.validate(mlc.ConfigDict({"neggrad_plus": cfg}))
+    cfg.beta = 0.7
+    config.validate(mlc.ConfigDict({"neggrad_plus": cfg}))
 
 
 def _run(ctx, original, beta):
     cfg = neggrad_plus.default_config()
     cfg.update(dict(epochs=3, batch_size=64, beta=beta))
     cfg.optimizer.lr = 0.05
-    return neggrad_plus.unlearn(ctx, original, cfg, jax.random.key(0))
+    return methods.unlearn(ctx, "neggrad_plus", original, cfg, jax.random.key(0))
 
 
 def test_driver_raises_forget_loss_and_keeps_retain_accuracy(problem):

@@ -13,7 +13,7 @@ import pytest
 from lotus_jax.data import make_mesh, to_device
 from lotus_jax.data.transforms import Preprocess
 from lotus_jax.methods import lotus
-from lotus_jax.methods.common import create_state
+from lotus_jax.train.state import create_state, place
 from lotus_jax.metrics.stats import batch_statistics
 from lotus_jax.models import build_model
 
@@ -70,10 +70,9 @@ def test_bf16_lotus_step_keeps_float32_state_and_close_loss(name):
     losses, states = {}, {}
     for dtype in (jnp.float32, jnp.bfloat16):
         model, variables = _setup(name, dtype)
-        state = create_state(model, variables, optax.adamw(1e-3, weight_decay=5e-4), mesh, lotus.LotusState,
-                             teacher=variables)
+        state = create_state(model, variables, optax.adamw(1e-3, weight_decay=5e-4), mesh)
         step = jax.jit(functools.partial(lotus.lotus_step, prep=prep))
-        state, m = step(state, batch, jnp.float32(2.0), jax.random.key(3))
+        state, m = step(state, batch, place(variables, mesh), jnp.float32(2.0), jax.random.key(3))
         losses[dtype], states[dtype] = float(m["loss"]), state
     for leaf in jax.tree.leaves((states[jnp.bfloat16].params, states[jnp.bfloat16].opt_state,
                                  states[jnp.bfloat16].batch_stats)):

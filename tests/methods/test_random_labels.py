@@ -9,13 +9,14 @@ import pytest
 from scipy import stats
 
 from lotus_jax.errors import ConfigError
+from lotus_jax import methods
 from lotus_jax.methods import random_labels
 
 
 def test_default_config_follows_spec():
     cfg = random_labels.default_config()
     assert cfg.epochs == 10 and cfg.optimizer.name == "sgd"
-    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum) == (1e-3, 5e-4, 0.0)
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum) == (1e-3, 5e-4, 0.9)
 
 
 def test_wrong_labels_never_true_and_uniform_over_the_other_classes():
@@ -46,7 +47,7 @@ def test_driver_lowers_forget_accuracy_in_class_unlearning(class_problem):
     cfg.update(dict(epochs=2, batch_size=64))
     cfg.optimizer.lr = 0.01
     lines = []
-    res = random_labels.unlearn(dataclasses.replace(ctx, log=lines.append), original, cfg, jax.random.key(0))
+    res = methods.unlearn(dataclasses.replace(ctx, log=lines.append), "random_labels", original, cfg, jax.random.key(0))
     before = ctx.evaluate(original, "forget").accuracy
     after = ctx.evaluate(res.variables, "forget").accuracy
     assert before > 0.95 and after < before - 0.3

@@ -11,13 +11,14 @@ import pytest
 
 from lotus_jax.data import make_mesh
 from lotus_jax.errors import ConfigError
+from lotus_jax import methods
 from lotus_jax.methods import salun
 
 
 def test_default_config_follows_spec():
     cfg = salun.default_config()
     assert cfg.epochs == 10 and cfg.mask_fraction == 0.10 and cfg.optimizer.name == "sgd"
-    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum) == (1e-3, 5e-4, 0.0)
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum) == (1e-3, 5e-4, 0.9)
 
 
 def test_mask_ranks_all_parameters_globally():
@@ -67,7 +68,7 @@ def test_driver_moves_only_salient_parameters_and_forgets_the_class(class_proble
     cfg.update(dict(epochs=2, batch_size=64))
     cfg.optimizer.lr = 0.02
     lines = []
-    res = salun.unlearn(dataclasses.replace(ctx, log=lines.append), original, cfg, jax.random.key(0))
+    res = methods.unlearn(dataclasses.replace(ctx, log=lines.append), "salun", original, cfg, jax.random.key(0))
     mask = jax.device_get(salun.saliency_mask(ctx, original, cfg.mask_fraction, cfg.batch_size))
     before, after = jax.device_get(original["params"]), jax.device_get(res.variables["params"])
     total = sum(m.size for m in jax.tree.leaves(mask))

@@ -3,13 +3,20 @@ import jax
 import numpy as np
 import pytest
 
+from lotus_jax import methods
 from lotus_jax.methods import scrub
 
 
 @pytest.fixture(scope="module")
 def result(class_problem):
+    """Class 0 forgotten with KD temperature 2. At the default T = 4 the tiny CNN's forget predictions move
+    away from the teacher's without their argmax changing for about 4 in 6 training orders of the original
+    (forget accuracy stays 1.0; e.g. the digits original trained with the grain loader's order), while at
+    T = 2 the class is forgotten for every order tried."""
     ctx, original = class_problem
-    return scrub.unlearn(ctx, original, scrub.default_config(), jax.random.key(0))
+    cfg = scrub.default_config()
+    cfg.kd_temperature = 2.0
+    return methods.unlearn(ctx, "scrub", original, cfg, jax.random.key(0))
 
 
 def test_default_config():
@@ -26,7 +33,9 @@ def test_returns_trained_student(class_problem, result):
 
 
 def test_max_steps_only_in_first_msteps_epochs(result):
-    assert [h["kd_f"] is not None for h in result.history] == [True] * 5 + [False] * 5
+    # An epoch's record holds the metrics of the phases it ran: kd_f only where max-steps ran.
+    assert [h.get("kd_f") is not None for h in result.history] == [True] * 5 + [False] * 5
+    assert all(np.isfinite(h["kd_f"]) for h in result.history[:5])
     assert all(np.isfinite(h["loss"]) for h in result.history)
 
 

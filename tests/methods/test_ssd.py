@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from lotus_jax import methods
 from lotus_jax.methods import ssd
 
 
@@ -45,7 +46,7 @@ def test_dampens_exactly_the_selected_parameters(fixture, request):
     ctx, original = request.getfixturevalue(fixture)
     cfg = ssd.default_config()
     cfg.batch_size = 64
-    res = ssd.unlearn(ctx, original, cfg, jax.random.key(0))
+    res = methods.unlearn(ctx, "ssd", original, cfg, jax.random.key(0))
     full = np.sort(np.concatenate([ctx.splits.forget, ctx.splits.retain]))
     imp_f = reference_importance(ctx, original, ctx.splits.forget, cfg.batch_size)
     imp_d = reference_importance(ctx, original, full, cfg.batch_size)

@@ -8,8 +8,9 @@ import optax
 import pytest
 
 from lotus_jax.errors import ConfigError
+from lotus_jax import methods
 from lotus_jax.methods import unsir
-from lotus_jax.methods.common import optimizer_config
+from lotus_jax.train.optim import optimizer_config
 
 
 def test_noise_maximises_error_of_original(class_problem):
@@ -36,14 +37,14 @@ def test_impair_epochs_must_fit(class_problem):
     cfg = unsir.default_config()
     cfg.impair_epochs = 11
     with pytest.raises(ConfigError):
-        unsir.unlearn(ctx, original, cfg, jax.random.key(0))
+        methods.unlearn(ctx, "unsir", original, cfg, jax.random.key(0))
 
 
 def test_sample_level_noise_for_every_forget_class(problem):
     ctx, original = problem
     cfg = unsir.default_config()
     cfg.epochs, cfg.impair_epochs = 0, 0
-    res = unsir.unlearn(ctx, original, cfg, jax.random.key(0))
+    res = methods.unlearn(ctx, "unsir", original, cfg, jax.random.key(0))
     assert res.extra["noise_classes"] == np.unique(ctx.dataset.train.labels[ctx.splits.forget]).tolist()
 
 
@@ -52,8 +53,10 @@ def test_lowers_forget_accuracy_keeps_retain(class_problem):
     cfg = unsir.default_config()
     cfg.epochs, cfg.batch_size = 2, 32
     cfg.optimizer = optimizer_config("sgd", 1e-2, 0.0, momentum=0.9)
-    res = unsir.unlearn(ctx, original, cfg, jax.random.key(7))
-    assert [h["phase"] for h in res.history] == ["impair", "repair"]
+    res = methods.unlearn(ctx, "unsir", original, cfg, jax.random.key(7))
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    plan = unsir.plan(ctx, original, cfg, jax.random.key(7))
+    assert [[p.name for p in plan.phases(epoch, {})] for epoch in range(2)] == [["impair"], ["repair"]]
     assert res.extra["noise_classes"] == [0]
     assert ctx.evaluate(original, "forget").accuracy == pytest.approx(1.0)
     assert ctx.evaluate(res.variables, "forget").accuracy < 0.95

@@ -23,7 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from lotus_jax import checkpoint, convert
-from lotus_jax.config_base import base_config
+from lotus_jax.config import base_config
 from lotus_jax.data import make_mesh
 from lotus_jax.errors import ConfigError
 from lotus_jax.models import build_model, import_hf, import_npz
