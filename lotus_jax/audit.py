@@ -46,22 +46,39 @@ class PopulationStats:
     stats: list[dict[str, SplitStats]]
 
 
-def population_statistics(ctx: Context, variables: Variables, sharding: NamedSharding) -> PopulationStats:
+@dataclasses.dataclass(frozen=True)
+class PopulationEvaluator:
+    """The evaluation pass and the forward pass `jax.vmap`ped over the member axis, jitted once per run."""
+
+    statistics: dict[bool, Callable]  # keep_probs -> (stacked variables, batch) -> stacked batch statistics
+    logits: Callable  # (stacked variables, images) -> (N, batch, classes)
+
+    @classmethod
+    def of(cls, ctx: Context) -> PopulationEvaluator:
+        stats = {keep: jax.jit(jax.vmap(lambda v, b, k=keep: ctx.eval_fn(v, b, k), in_axes=(0, None)))
+                 for keep in (False, True)}
+        logits = jax.jit(jax.vmap(lambda v, x: ctx.model.apply(v, ctx.prep(x), train=False), in_axes=(0, None)))
+        return cls(stats, logits)
+
+
+def population_statistics(ctx: Context, variables: Variables, sharding: NamedSharding,
+                          evaluator: PopulationEvaluator | None = None) -> PopulationStats:
     """One pass per split with every member at once (the evaluation `jax.vmap`ped over the member axis)."""
+    evaluator = evaluator or PopulationEvaluator.of(ctx)
     replicated = NamedSharding(sharding.mesh, P())
     variables = jax.device_put(variables, sharding)
     n = jax.tree.leaves(variables)[0].shape[0]
     out: list[dict[str, SplitStats]] = [{} for _ in range(n)]
     for split in SPLITS:
         keep = split == "forget"
-        fn = jax.jit(jax.vmap(lambda v, b, k=keep: ctx.eval_fn(v, b, k), in_axes=(0, None)))
+        fn = evaluator.statistics[keep]
         source, indices = ctx.split_source(split)
         with ctx.batches(indices, ctx.eval_batch_size, source=source) as it:
             host = [jax.device_get((fn(variables, jax.device_put(b, replicated)), b["mask"], b["label"])) for b in it]
         for m in range(n):
             member_outputs = ((jax.tree.map(lambda x: x[m], o), mask, lab) for o, mask, lab in host)
             out[m][split] = statistics_from_outputs(member_outputs, ctx.num_classes, keep)
-    logits_fn = jax.jit(jax.vmap(lambda v, x: ctx.model.apply(v, ctx.prep(x), train=False), in_axes=(0, None)))
+    logits_fn = evaluator.logits
     source, indices = ctx.split_source("forget")
     logits, labels = [], []
     with ctx.batches(indices, ctx.eval_batch_size, source=source) as it:
@@ -85,6 +102,7 @@ class Auditor:
         self.mesh = population_mesh(int(cfg.audit.mesh_models))
         self.sharding = NamedSharding(self.mesh, P("models"))
         self.records: dict[str, dict] = {}
+        self.evaluator = PopulationEvaluator.of(ctx)
 
     def population(self, name: str, make_plan: Callable[[int, Context, jax.Array], Plan], settings: Any,
                    augment: bool = False) -> Variables:
@@ -122,7 +140,7 @@ class Auditor:
                 return PopulationStats(data["confidence"], [
                     {s: SplitStats(**{f: data[f"{m}.{s}.{f}"] for f in _FIELDS if f"{m}.{s}.{f}" in data})
                      for s in SPLITS} for m in range(self.n)])
-        stats = population_statistics(self.ctx, variables, self.sharding)
+        stats = population_statistics(self.ctx, variables, self.sharding, self.evaluator)
         arrays = {"confidence": stats.confidence}
         for m, per_split in enumerate(stats.stats):
             for s, st in per_split.items():
@@ -181,7 +199,7 @@ def run_audit(ctx: Context, cfg: Any, workdir: epath.Path, original: Variables, 
         start = lambda m: member(origin, m)  # noqa: E731
     else:
         one = population_statistics(ctx, jax.tree.map(lambda x: x[None], original), NamedSharding(
-            population_mesh(1), P("models")))
+            population_mesh(1), P("models")), aud.evaluator)
         # n copies of the one original: scored as U, a point mass (the floor)
         origins = PopulationStats(np.repeat(one.confidence, n, axis=0), one.stats * n)
         start = lambda m: original  # noqa: E731

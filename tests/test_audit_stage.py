@@ -24,10 +24,10 @@ SCALARS = ("forget_score", "final_score", "ulira_auc", "ulira_balanced_accuracy"
 
 def audit_config():
     c = tiny_config()
-    c.stages = "train,retrain,audit"
+    c.stages = "train,audit"
     c.audit.models = 4
-    c.audit.methods = "finetune,lotus"
-    c.finetune.epochs = 2
+    c.audit.methods = "lotus"  # per-member acc_f, tau and stop rule inside the population
+    c.lotus.epochs = 2
     return c
 
 
@@ -42,7 +42,7 @@ def test_audit_writes_scores_for_each_method_with_floor_and_ceiling(audited):
     section = json.loads((workdir / "metrics.json").read_text())["audit"]
     assert section == json.loads(json.dumps(metrics["audit"]))
     assert section["models"] == 4 and section["originals"] == "one"
-    assert set(section["methods"]) == {"finetune", "lotus"}
+    assert set(section["methods"]) == {"lotus"}
     for entry in (*section["methods"].values(), section["floor"], section["ceiling"]):
         for key in SCALARS:
             assert isinstance(entry[key], float) and math.isfinite(entry[key]), key
@@ -55,18 +55,18 @@ def test_audit_writes_scores_for_each_method_with_floor_and_ceiling(audited):
         for key in ("acc_forget", "acc_test", "mia", "jsd", "rf_jsd"):
             assert math.isfinite(pop[key]) and pop[f"{key}_std"] >= 0.0
     report = (workdir / "report.md").read_text()
-    assert "## Per-example forgetting audit" in report and "| finetune |" in report and "ceiling" in report
+    assert "## Per-example forgetting audit" in report and "| lotus |" in report and "ceiling" in report
     for fig in ("audit_epsilon.png", "audit_roc.png", "audit_confidence.png"):
         assert (workdir / fig).stat().st_size > 1000 and f"]({fig})" in report
     scores = np.load(workdir / "audit" / "scores.npz")
-    assert scores["finetune.confidence"].shape == (4, len(np.load(workdir / "splits.npz")["forget"]))
+    assert scores["lotus.confidence"].shape == (4, len(np.load(workdir / "splits.npz")["forget"]))
 
 
 def test_a_rerun_reloads_the_populations(audited, capsys):
     workdir, metrics = audited
     again = main.run(audit_config(), workdir)
     out = capsys.readouterr().out
-    for name in ("gold", "finetune", "lotus"):
+    for name in ("gold", "lotus"):
         assert f"[audit/{name}] population found" in out
     assert again["audit"]["methods"]["lotus"]["forget_score"] == metrics["audit"]["methods"]["lotus"]["forget_score"]
 
