@@ -7,20 +7,16 @@ config.json. Convert the downloaded checkpoint folder (config.json + model.safet
 
     python -m lotus_jax.convert --input google-vit-base-patch16-224/ --output ckpt/vit_b16_c10 --num_classes 10
 
-The paper's original model is that backbone fine-tuned on CIFAR-10 (SGD lr 1e-4, batch 64, up to 30 epochs)
-and its gold model the same fine-tuning on the retain set. The pipeline's `train`/`retrain` stages train
-from a random initialisation, not from a checkpoint, so fine-tune the converted checkpoint with your own
-code and pass the result (and, for JSD and Avg Gap, a gold model fine-tuned on the retain set of this run's
-`splits.npz`):
+The paper's original model is that backbone fine-tuned on CIFAR-10 (SGD lr 1e-4, momentum 0.9, batch 64, up
+to 30 epochs) and its gold model the same fine-tuning on the retain set: the `train`/`retrain` stages do both,
+starting from the converted checkpoint (`train.init_checkpoint`, `retrain.init_checkpoint`):
 
     python -m lotus_jax.main --config configs/vit_cifar10.py --workdir runs/vit_cifar10 \
-        --config.data.data_dir=/path/to/tfds --config.original_checkpoint=/path/to/finetuned_vit_c10 \
-        [--config.gold_checkpoint=/path/to/finetuned_vit_c10_gold]
+        --config.data.data_dir=/path/to/tfds --config.stages=train,retrain,unlearn,evaluate \
+        --config.train.init_checkpoint=ckpt/vit_b16_c10 --config.retrain.init_checkpoint=ckpt/vit_b16_c10
 
-The default stages are `unlearn,evaluate` (the gold model is imported when `gold_checkpoint` is given; without
-it RF-JSD stands in for JSD). `train.*`/`retrain.*` hold the paper's fine-tuning recipe (SGD lr 1e-4,
-momentum 0.9, batch 64, 30 epochs, constant rate) for `--config.stages=train,retrain,...`, which runs it from
-scratch. CIFAR-10 is read from tfds (`tfds build cifar10 --file_format array_record`) or, with
+Or pass models fine-tuned elsewhere with `--config.original_checkpoint=... [--config.gold_checkpoint=...]`
+and the default stages `unlearn,evaluate` (without a gold model RF-JSD stands in for JSD). CIFAR-10 is read from tfds (`tfds build cifar10 --file_format array_record`) or, with
 `--config.data.source=folder --config.data.path=/path/to/cifar10-jpeg.tar.gz`, from an image folder.
 
 CPU-sized variant: scikit-learn's embedded digits (no download), ViT-Ti with 8 x 8 patches at 32 x 32, random

@@ -95,7 +95,8 @@ def base_config() -> mlc.ConfigDict:
     c.model.representation_size = placeholder(int)  # ViT pre-logits layer (imported checkpoints keep theirs)
 
     for stage in ("train", "retrain"):
-        c[stage] = mlc.ConfigDict(dict(epochs=150, batch_size=512))
+        # init_checkpoint: start from these weights instead of a random initialisation (fine-tuning)
+        c[stage] = mlc.ConfigDict(dict(epochs=150, batch_size=512, init_checkpoint=placeholder(str)))
         c[stage].optimizer = optimizer_config("sgd", 0.1, 5e-4, momentum=0.9, schedule="cosine", warmup_epochs=5,
                                               epochs=150)
     for name, section in methods.default_configs().items():
@@ -318,8 +319,8 @@ SCHEMA: dict[str, KeyRule] = {
     "model.mlp_dim": SIZE,
     "model.layernorm_epsilon": optional(POSITIVE),
     "model.representation_size": SIZE,
-    **_section("train", EPOCHS_BATCH),
-    **_section("retrain", EPOCHS_BATCH),
+    **_section("train", {**EPOCHS_BATCH, "init_checkpoint": optional(STRING)}),
+    **_section("retrain", {**EPOCHS_BATCH, "init_checkpoint": optional(STRING)}),
     **_section("lotus", {**EPOCHS_BATCH, "alpha": FINITE, "retain_fraction": FRACTION_SOME,
                          "stop_threshold": optional(FINITE), "compat": FLAG}),
     **_section("finetune", EPOCHS_BATCH),

@@ -123,10 +123,14 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
             return
         like = jax.eval_shape(init, key)
         if user_ckpt:
-            variables = checkpoint.restore(Path(user_ckpt), like, mesh)
+            variables = checkpoint.restore(user_ckpt, like, mesh)
             log(f"[{name}] imported {user_ckpt}")
         else:
-            variables = train(ctx, ctx.init_variables(stage_key), indices, tcfg, stage_key, name)
+            start = tcfg.get("init_checkpoint")  # fine-tuning a pretrained backbone
+            initial = checkpoint.restore(start, like, mesh) if start else ctx.init_variables(stage_key)
+            if start:
+                log(f"[{name}] training starts from {start}")
+            variables = train(ctx, initial, indices, tcfg, stage_key, name)
         checkpoint.save(path, variables)
         (workdir / "progress" / name).rmtree(missing_ok=True)
 

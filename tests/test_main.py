@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 from pathlib import Path
 
@@ -152,3 +153,25 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(finished_run, tmp
     assert "non-finite" in metrics["models"]["diverged"]["failed"]
     assert "avg_gap" in metrics["models"]["lotus"]
     assert "broken (failed: FloatingPointError" in (workdir / "report.md").read_text()
+
+
+def test_training_can_start_from_a_checkpoint(finished_run, tmp_path, capsys):
+    # Fine-tuning a pretrained backbone (train.init_checkpoint). Catches a stage that ignores the key and
+    # starts from a random initialisation: an epoch at a negligible learning rate must give back the parameters
+    # as given (BatchNorm running statistics do move in training mode).
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    workdir, _ = finished_run
+    c = tiny_config()
+    c.stages = "train"
+    c.train.epochs = 1
+    c.train.optimizer.lr = 1e-12
+    c.train.optimizer.weight_decay = 0.0
+    c.train.init_checkpoint = str(workdir / "checkpoints" / "original")
+    main.run(c, tmp_path)
+    assert "training starts from" in capsys.readouterr().out
+    read = ocp.StandardCheckpointer().restore
+    given, trained = read(workdir / "checkpoints" / "original"), read(tmp_path / "checkpoints" / "original")
+    for a, b in zip(jax.tree.leaves(given["params"]), jax.tree.leaves(trained["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

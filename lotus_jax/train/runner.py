@@ -96,10 +96,15 @@ def stage_salt(name: str) -> int:
 
 
 def fold_batches(ctx: Context, fn: Callable, carry: Any, indices: np.ndarray, batch_size: int, *args: Any) -> Any:
-    """`carry = fn(carry, batch, *args)` over unshuffled batches of training-source `indices` (a jitted `fn`)."""
+    """`carry = fn(carry, batch, *args)` over unshuffled batches of training-source `indices` (a jitted `fn`).
+
+    Each step is waited for before the next is dispatched: programs with collectives queued many deep can
+    starve XLA's CPU thread pool (a rendezvous that never completes on several host-platform devices), and the
+    host work between steps is small.
+    """
     with ctx.batches(indices, batch_size) as it:
         for batch in it:
-            carry = fn(carry, batch, *args)
+            carry = jax.block_until_ready(fn(carry, batch, *args))
     return carry
 
 
