@@ -14,7 +14,7 @@ CPU-sized variant (width 16, few epochs):
         --config.data.source=folder --config.data.path=/path/to/cifar10-jpeg.tar.gz
 """
 
-from lotus_jax.config import base_config, link_epochs
+from lotus_jax.config import base_config, link_epochs, set_training
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -33,11 +33,7 @@ def get_config(variant: str = "", num_classes_name: str = "cifar10", alpha: floa
     c.lotus.alpha = alpha
     if variant == "small":
         c.model.width = 16
-        for stage in ("train", "retrain"):
-            c[stage].epochs = 8
-            c[stage].batch_size = 256
-            c[stage].optimizer.lr = 0.05
-            c[stage].optimizer.warmup_epochs = 1
+        set_training(c, epochs=8, batch_size=256, lr=0.05)
         c.lotus.epochs = 5
     elif variant:
         raise ValueError(f"unknown config variant {variant!r}; valid: '' or 'small'")

@@ -18,8 +18,7 @@ CPU-sized variant (ViT-Ti/16 at 32 px, 2 per class, random init when no checkpoi
     python -m lotus_jax.main --config configs/imagenet.py:small --workdir runs/imagenet_small
 """
 
-from lotus_jax.config import base_config, link_epochs
-from lotus_jax.methods import REGISTRY as METHODS
+from lotus_jax.config import base_config, link_epochs, set_method_epochs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,9 +41,7 @@ def get_config(variant: str = ""):
     c.data.forget.retain_per_class = 45
     c.model.name = "vit"
     c.model.variant = "B/16"
-    for name in METHODS.names():  # SPEC §5: every method gets LoTUS's epoch budget (SCRUB's max-steps follow)
-        if "epochs" in c[name]:
-            c[name].epochs = 3
+    set_method_epochs(c, 3)
     c.lotus.batch_size = 256
     c.lotus.alpha = 2.0
     c.lotus.optimizer.lr = 1e-6

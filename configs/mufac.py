@@ -34,8 +34,7 @@ import csv
 import shutil
 from pathlib import Path
 
-from lotus_jax.config import base_config, link_epochs
-from lotus_jax.methods import REGISTRY as METHODS
+from lotus_jax.config import base_config, link_epochs, set_method_epochs, set_training
 
 FORGET_ROWS = 1062  # the paper's forget set: the first 1,062 rows of the train CSV
 SPLITS = ("train", "val", "test")
@@ -63,14 +62,8 @@ def get_config(variant: str = ""):
     if variant == "small":
         c.model.width = 8
         c.model.image_size = 32
-        for stage in ("train", "retrain"):
-            c[stage].epochs = 4
-            c[stage].batch_size = 64
-            c[stage].optimizer.lr = 0.05
-            c[stage].optimizer.warmup_epochs = 1
-        for name in METHODS.names():  # every method keeps LoTUS's epoch budget (SCRUB's max-steps follow)
-            if "epochs" in c[name]:
-                c[name].epochs = 2
+        set_training(c, epochs=4, batch_size=64, lr=0.05)
+        set_method_epochs(c, 2)
         c.lotus.batch_size = 32
         c.eval.batch_size = 256
     elif variant:

@@ -28,8 +28,7 @@ resized on the device, a few epochs; a couple of minutes on a synthetic tree of 
 import sys
 from pathlib import Path
 
-from lotus_jax.config import base_config, link_epochs
-from lotus_jax.methods import REGISTRY as METHODS
+from lotus_jax.config import base_config, link_epochs, set_method_epochs, set_training
 
 TINY_MEAN = (0.4802, 0.4481, 0.3975)  # Tiny-ImageNet training-set statistics
 TINY_STD = (0.2770, 0.2691, 0.2821)
@@ -59,14 +58,8 @@ def get_config(variant: str = ""):
         c.data.heldout_per_class = 10
         c.model.width = 8
         c.model.image_size = 32
-        for stage in ("train", "retrain"):
-            c[stage].epochs = 4
-            c[stage].batch_size = 64
-            c[stage].optimizer.lr = 0.05
-            c[stage].optimizer.warmup_epochs = 1
-        for name in METHODS.names():  # every method keeps LoTUS's epoch budget (SCRUB's max-steps follow)
-            if "epochs" in c[name]:
-                c[name].epochs = 2
+        set_training(c, epochs=4, batch_size=64, lr=0.05)
+        set_method_epochs(c, 2)
         c.lotus.batch_size = 32
         c.eval.batch_size = 256
     elif variant:

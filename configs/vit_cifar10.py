@@ -27,8 +27,7 @@ shared CPU cores with all nine methods, mostly compiling each method's steps; ab
     python -m lotus_jax.main --config configs/vit_cifar10.py:small --workdir runs/vit_cifar10_small
 """
 
-from lotus_jax.config import base_config, link_epochs
-from lotus_jax.methods import REGISTRY as METHODS
+from lotus_jax.config import base_config, link_epochs, set_method_epochs
 
 
 def get_config(variant: str = ""):
@@ -54,9 +53,7 @@ def get_config(variant: str = ""):
         c[stage].optimizer.weight_decay = 0.0
         c[stage].optimizer.schedule = "constant"
         c[stage].optimizer.warmup_epochs = 0
-    for name in METHODS.names():  # SPEC §5: every method gets LoTUS's epoch budget (SCRUB's max-steps follow)
-        if "epochs" in c[name]:
-            c[name].epochs = 3
+    set_method_epochs(c, 3)
     c.lotus.alpha = 2.0
     c.lotus.optimizer.lr = 1e-6
     c.lotus.batch_size = 32
@@ -74,9 +71,7 @@ def get_config(variant: str = ""):
             c[stage].optimizer.name = "adam"
             c[stage].optimizer.lr = 1e-3
             c[stage].optimizer.momentum = 0.0
-        for name in METHODS.names():
-            if "epochs" in c[name]:
-                c[name].epochs = 2
+        set_method_epochs(c, 2)
     elif variant:
         raise ValueError(f"unknown config variant {variant!r}; valid: '' or 'small'")
     return link_epochs(c)

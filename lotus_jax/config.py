@@ -111,6 +111,20 @@ def base_config() -> mlc.ConfigDict:
     return c
 
 
+def set_training(c: mlc.ConfigDict, epochs: int, batch_size: int, lr: float, warmup_epochs: int = 1) -> None:
+    """Original and gold training alike: epochs, batch size, learning rate and warm-up (configs' CPU variants)."""
+    for stage in ("train", "retrain"):
+        c[stage].epochs, c[stage].batch_size = epochs, batch_size
+        c[stage].optimizer.lr, c[stage].optimizer.warmup_epochs = lr, warmup_epochs
+
+
+def set_method_epochs(c: mlc.ConfigDict, epochs: int) -> None:
+    """Every method the same epoch budget as LoTUS (docs/definitions.md §4; SCRUB's max-steps follow)."""
+    for name in methods.REGISTRY.names():
+        if "epochs" in c[name]:
+            c[name].epochs = epochs
+
+
 def link_epochs(c: mlc.ConfigDict) -> mlc.ConfigDict:
     """Makes each training optimizer's schedule length follow its stage's `epochs` override."""
     for stage in ("train", "retrain"):

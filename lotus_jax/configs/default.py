@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
-from lotus_jax.config import base_config, link_epochs
+from lotus_jax.config import base_config, link_epochs, set_training
 
 
 def get_config(variant: str = "") -> mlc.ConfigDict:
@@ -24,11 +24,7 @@ def get_config(variant: str = "") -> mlc.ConfigDict:
     c.data.forget.fraction = 0.1
     c.model.name = "resnet18"
     c.model.width = 16
-    for stage in ("train", "retrain"):
-        c[stage].epochs = 30
-        c[stage].batch_size = 64
-        c[stage].optimizer.lr = 0.05
-        c[stage].optimizer.warmup_epochs = 1
+    set_training(c, epochs=30, batch_size=64, lr=0.05)
     c.lotus.batch_size = 32
     c.lotus.alpha = 8.0
     c.lotus.epochs = 10
