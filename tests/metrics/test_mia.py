@@ -34,3 +34,19 @@ def test_empty_input_raises(which):
     args[which] = np.array([])
     with pytest.raises(ValueError, match=which):
         mia(args["retain"], args["unseen"], args["forget"])
+
+
+def test_class_balanced_fit_on_imbalanced_overlapping_entropies():
+    # Catches the logistic regression fitted without class balancing. CIFAR-like counts: 45,000 members
+    # (retain) against 10,000 non-members (val + test), overlapping entropy distributions. With balanced
+    # weights the decision threshold lies where the two densities (weighted equally) cross, the midpoint 1.0
+    # of N(0.5, 0.5) and N(1.5, 0.5); unbalanced, the 4.5x more numerous members push it to about
+    # 1.0 + 0.25 * ln(4.5) = 1.38, so many more forget examples count as members.
+    rng = np.random.default_rng(0)
+    retain = rng.normal(0.5, 0.5, 45_000)
+    unseen = rng.normal(1.5, 0.5, 10_000)
+    forget = np.linspace(0.0, 2.0, 2001)  # uniform over [0, 2]: MIA = (threshold - 0) / 2
+    value = mia(retain, unseen, forget, seed=0)
+    assert abs(value - 0.5) < 0.02, value  # balanced: threshold ≈ 1.0
+    unbalanced_threshold = 1.0 + 0.25 * np.log(45_000 / 10_000)
+    assert abs(value - unbalanced_threshold / 2) > 0.15
