@@ -76,9 +76,11 @@ def main() -> None:
 
         args.out.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(6, 4.5))
-        for method in sorted({p["method"] for p in pts}):
+        colors = plt.get_cmap("tab20").colors
+        for i, method in enumerate(sorted({p["method"] for p in pts})):
             sel = [p for p in pts if p["method"] == method]
-            ax.scatter([p["rf_jsd"] * 1e4 for p in sel], [p["jsd"] * 1e4 for p in sel], label=method, s=22)
+            ax.scatter([p["rf_jsd"] * 1e4 for p in sel], [p["jsd"] * 1e4 for p in sel], label=method, s=22,
+                       color=colors[(2 * i) % 20 + (2 * i) // 20])
         ax.set_xlabel(f"RF-JSD ×1e4 ({args.form})")
         ax.set_ylabel(f"JSD to gold ×1e4 ({args.form})")
         ax.set_xscale("log")
