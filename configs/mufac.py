@@ -34,7 +34,7 @@ import csv
 import shutil
 from pathlib import Path
 
-from lotus_jax.config import base_config, link_epochs, set_method_epochs, set_training
+from lotus_jax.config import base_config, link_epochs, small_resnet_variant
 
 FORGET_ROWS = 1062  # the paper's forget set: the first 1,062 rows of the train CSV
 SPLITS = ("train", "val", "test")
@@ -60,12 +60,7 @@ def get_config(variant: str = ""):
     c.lotus.epochs = 10
     c.lotus.batch_size = 128
     if variant == "small":
-        c.model.width = 8
-        c.model.image_size = 32
-        set_training(c, epochs=4, batch_size=64, lr=0.05)
-        set_method_epochs(c, 2)
-        c.lotus.batch_size = 32
-        c.eval.batch_size = 256
+        small_resnet_variant(c)
     elif variant:
         raise ValueError(f"unknown config variant {variant!r}; valid: '' or 'small'")
     return link_epochs(c)

@@ -28,7 +28,7 @@ resized on the device, a few epochs; a couple of minutes on a synthetic tree of 
 import sys
 from pathlib import Path
 
-from lotus_jax.config import base_config, link_epochs, set_method_epochs, set_training
+from lotus_jax.config import base_config, link_epochs, small_resnet_variant
 
 TINY_MEAN = (0.4802, 0.4481, 0.3975)  # Tiny-ImageNet training-set statistics
 TINY_STD = (0.2770, 0.2691, 0.2821)
@@ -56,12 +56,7 @@ def get_config(variant: str = ""):
     if variant == "small":
         c.data.train_per_class = 20
         c.data.heldout_per_class = 10
-        c.model.width = 8
-        c.model.image_size = 32
-        set_training(c, epochs=4, batch_size=64, lr=0.05)
-        set_method_epochs(c, 2)
-        c.lotus.batch_size = 32
-        c.eval.batch_size = 256
+        small_resnet_variant(c)
     elif variant:
         raise ValueError(f"unknown config variant {variant!r}; valid: '' or 'small'")
     return link_epochs(c)

@@ -125,6 +125,15 @@ def set_method_epochs(c: mlc.ConfigDict, epochs: int) -> None:
             c[name].epochs = epochs
 
 
+def small_resnet_variant(c: mlc.ConfigDict) -> None:
+    """The `:small` CPU variant of the ResNet-18 dataset configs: width 8 at 32 px, 4 training epochs, 2 per
+    method, small batches."""
+    c.model.width, c.model.image_size = 8, 32
+    set_training(c, epochs=4, batch_size=64, lr=0.05)
+    set_method_epochs(c, 2)
+    c.lotus.batch_size, c.eval.batch_size = 32, 256
+
+
 def link_epochs(c: mlc.ConfigDict) -> mlc.ConfigDict:
     """Makes each training optimizer's schedule length follow its stage's `epochs` override."""
     for stage in ("train", "retrain"):
