@@ -8,8 +8,10 @@ There is no gold model at this scale (stages train,retrain are not run): `f_orig
 and RF-JSD replaces JSD. The dataset is `imagenet2012` prepared by tfds in array_record format (see the
 README), decoded on `data.decode_workers` threads per batch and preprocessed as torchvision's ViT-B/16
 weights expect: shorter side resized to 256 (bilinear, antialiased), central 224 x 224 crop, ImageNet
-mean/std. Weights from google-research/vision_transformer (or Hugging Face google/vit-base-patch16-224)
-expect a plain resize to 224 and mean/std 0.5 instead:
+mean/std. The forget and retain images (5k + 45k) are decoded once into `<workdir>/cache/train.npy` and
+read from there by every method and evaluation (`data.cache_unlearning`). Weights from
+google-research/vision_transformer (or Hugging Face google/vit-base-patch16-224) expect a plain resize to 224
+and mean/std 0.5 instead:
 
     --config.data.crop=resize --config.data.mean="(0.5, 0.5, 0.5)" --config.data.std="(0.5, 0.5, 0.5)"
 

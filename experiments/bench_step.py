@@ -18,7 +18,9 @@ cost analysis of the compiled (per-device) program, multiplied by the number of 
 The peak is looked up by `device_kind` in PEAK_TFLOPS (dense figures, H100/H200 as SXM parts) or given with
 `--peak-tflops`; unknown devices, including CPUs, print MFU as n/a. Evaluation: one full pass as
 `Context.evaluate` makes it (`EpochLoader` device batches -> jitted `make_eval_fn` -> `evaluate_batches` host
-statistics) over random examples, timed after a compiling pass over one batch.
+statistics) over random examples, timed after a compiling pass over one batch. The last column is the step
+when the teacher's logits come precomputed in the batch (what LoTUS runs when its unlearning batches are not
+augmented, `lotus.cache_teacher`): no teacher forward pass.
 """
 
 from __future__ import annotations
@@ -94,10 +96,15 @@ class Result:
     peak_tflops: float | None
     eval_examples: int
     eval_s: float
+    cached_step_s: float
 
     @property
     def images_per_s(self) -> float:
         return self.batch / self.step_s
+
+    @property
+    def cached_images_per_s(self) -> float:
+        return self.batch / self.cached_step_s
 
     @property
     def tflop_per_step(self) -> float:
@@ -224,6 +231,12 @@ def bench(spec: ModelSpec, dtype: str, args: argparse.Namespace, mesh: jax.shard
     compile_s = time.perf_counter() - start
     state, _ = time_steps(compiled, state, batch, teacher, tau, keys[:args.warmup])
     state, times = time_steps(compiled, state, batch, teacher, tau, keys[args.warmup:])
+    # LoTUS without augmentation reads the teacher's logits precomputed once per run (`lotus.cache_teacher`).
+    logits = jax.jit(lambda v, images: model.apply(v, prep(images), train=False))(teacher, batch["image"])
+    cached_batch = {**batch, "teacher_logits": logits}
+    cached = step.lower(state, cached_batch, teacher, tau, keys[0]).compile()
+    state, _ = time_steps(cached, state, cached_batch, teacher, tau, keys[:args.warmup])
+    state, cached_times = time_steps(cached, state, cached_batch, teacher, tau, keys[args.warmup:])
     del state
 
     eval_s = bench_eval(model, prep, teacher, spec, args.eval_batch, mesh, rng)
@@ -231,19 +244,19 @@ def bench(spec: ModelSpec, dtype: str, args: argparse.Namespace, mesh: jax.shard
     return Result(model=spec.name, dtype=dtype, batch=spec.batch_size, compile_s=compile_s,
                   step_s=statistics.median(times), flops_per_device=compiled_flops(compiled),
                   n_devices=mesh.size, peak_tflops=peak_tflops(kind, dtype, args.peak_tflops),
-                  eval_examples=spec.eval_examples, eval_s=eval_s)
+                  eval_examples=spec.eval_examples, eval_s=eval_s, cached_step_s=statistics.median(cached_times))
 
 
 def format_table(results: Sequence[Result], device: str) -> str:
     """The results as one aligned text table."""
     header = ("device", "model", "dtype", "batch", "compile s", "step ms", "img/s", "TFLOP/step", "TFLOP/s",
-              "MFU", "eval n", "eval img/s")
+              "MFU", "eval n", "eval img/s", "cached-teacher img/s")
     rows = [header]
     for r in results:
         mfu = "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%"
         rows.append((device, r.model, r.dtype, str(r.batch), f"{r.compile_s:.1f}", f"{1e3 * r.step_s:.1f}",
                      f"{r.images_per_s:.1f}", f"{r.tflop_per_step:.4g}", f"{r.achieved_tflops:.3g}", mfu,
-                     str(r.eval_examples), f"{r.eval_images_per_s:.1f}"))
+                     str(r.eval_examples), f"{r.eval_images_per_s:.1f}", f"{r.cached_images_per_s:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]

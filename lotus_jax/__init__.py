@@ -1,13 +1,13 @@
 """lotus_jax: LoTUS machine unlearning and its baselines for Flax models, with per-example forgetting audits.
 
-Importing the package sets XLA CPU flags that speed up its steps (YNNPACK fusions of dots, elementwise ops
-and reductions) unless `XLA_FLAGS` already names them or `LOTUS_JAX_XLA_DEFAULTS=0`; they only take effect
-when imported before JAX starts its CPU backend. docs/performance.md has the measurements.
+Importing the package sets XLA CPU flags that speed up its steps (YNNPACK fusions of dots and reductions)
+unless `XLA_FLAGS` already names them or `LOTUS_JAX_XLA_DEFAULTS=0`; they only take effect when imported
+before JAX starts its CPU backend. docs/performance.md has the measurements.
 """
 
 import os
 
-CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",)
+CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,reduce",)
 
 
 def _set_xla_cpu_flags() -> None:

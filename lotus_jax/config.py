@@ -70,6 +70,7 @@ def base_config() -> mlc.ConfigDict:
     c.data.decode_workers = -1  # threads decoding each tfds batch; -1 = all CPU cores
     c.data.label_cache = True  # tfds: keep each split's labels in <dataset dir>/lotus_jax_labels/
     c.data.skip_corrupt = False  # False: a corrupt image stops the run; True: it is left out and counted
+    c.data.cache_unlearning = True  # encoded sources: decode D_f and D_r once into <workdir>/cache/train.npy
     c.data.val_fraction = 0.5
     c.data.train_per_class = placeholder(int)  # keep only the first N training images of each class
     c.data.heldout_per_class = placeholder(int)
@@ -83,7 +84,7 @@ def base_config() -> mlc.ConfigDict:
     c.model = mlc.ConfigDict()
     c.model.name = "resnet18"
     c.model.width = 64
-    c.model.small_conv_size = 2  # ResNet: convs with output maps up to N x N as shifted matmuls; 0 = off
+    c.model.small_conv_size = 2  # ResNet: convs with output maps up to N x N as im2col matmuls; 0 = off
     c.model.image_size = placeholder(int)  # model input resolution (resized on device)
     c.model.variant = "B/16"
     c.model.patch_size = placeholder(int)
@@ -316,6 +317,7 @@ SCHEMA: dict[str, KeyRule] = {
     "data.decode_workers": ALL_OR_COUNT,
     "data.label_cache": FLAG,
     "data.skip_corrupt": FLAG,
+    "data.cache_unlearning": FLAG,
     "data.val_fraction": FRACTION_OPEN,
     "data.train_per_class": SIZE,
     "data.heldout_per_class": SIZE,
@@ -345,7 +347,8 @@ SCHEMA: dict[str, KeyRule] = {
     **_section("train", {**EPOCHS_BATCH, "init_checkpoint": optional(STRING)}),
     **_section("retrain", {**EPOCHS_BATCH, "init_checkpoint": optional(STRING)}),
     **_section("lotus", {**EPOCHS_BATCH, "alpha": FINITE, "retain_fraction": FRACTION_SOME,
-                         "stop_threshold": optional(FINITE), "compat": FLAG}),
+                         "stop_threshold": optional(FINITE), "compat": FLAG,
+                         "cache_teacher": FLAG}),
     **_section("finetune", EPOCHS_BATCH),
     **_section("neggrad_plus", {**EPOCHS_BATCH, "beta": number(0, 1)}),
     **_section("random_labels", EPOCHS_BATCH),

@@ -10,6 +10,7 @@ checkpoint is already in the workdir is skipped, so a rerun continues.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -26,8 +27,10 @@ from etils import epath
 from ml_collections import config_flags
 
 from lotus_jax import audit, checkpoint, config, evaluate, files, report
-from lotus_jax.data import load_dataset, load_or_make_splits, preprocess_from_config, split_settings
+from lotus_jax.data import Dataset, load_dataset, load_or_make_splits, preprocess_from_config, split_settings
+from lotus_jax.data.cache import cache_training_examples
 from lotus_jax.data.pipeline import check_batch_size
+from lotus_jax.data.sources import available_cores
 from lotus_jax.errors import ConfigError
 from lotus_jax.evaluate import make_eval_fn
 from lotus_jax.methods import unlearn as unlearn_method
@@ -41,7 +44,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.py"  # i
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Config sections whose change invalidates what a workdir already holds, and data keys that do not.
 RUN_DEFINING = ("seed", "data", "model", "dtype", "train", "retrain")
-MOVABLE_DATA_KEYS = ("path", "data_dir", "decode_workers", "label_cache", "skip_corrupt", "unlearn_augment")
+MOVABLE_DATA_KEYS = ("path", "data_dir", "decode_workers", "label_cache", "skip_corrupt", "unlearn_augment",
+                     "cache_unlearning")
 
 
 def log(msg: str) -> None:
@@ -144,6 +148,8 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
     if "retrain" in stages or cfg.gold_checkpoint:
         obtain("gold", cfg.gold_checkpoint, splits.retain, cfg.retrain, jax.random.fold_in(key, 2))
     results_dir = workdir / "results"
+    if cfg.data.get("cache_unlearning", True) and {"unlearn", "evaluate", "audit"} & set(stages):
+        ctx = dataclasses.replace(ctx, dataset=cache_unlearning_examples(ctx, cfg, workdir))
     if "unlearn" in stages:
         original = load("original")
         if original is None:
@@ -183,6 +189,18 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
     except (OSError, ValueError):  # not empty (a failed method keeps its last good epoch), or absent
         pass
     return metrics
+
+
+def cache_unlearning_examples(ctx: Context, cfg, workdir: epath.Path) -> Dataset:
+    """The dataset with D_f and D_r (all that unlearning, evaluation and the audit read from the training source)
+    decoded once into `<workdir>/cache/train.npy` when the training source decodes on demand (tfds); reused by
+    every method and by a resumed run. A workdir that is not a local folder (a bucket) keeps them in memory."""
+    local = "://" not in str(workdir)
+    data = {k: v for k, v in json.loads(cfg.data.to_json_best_effort()).items() if k not in MOVABLE_DATA_KEYS}
+    workers = ctx.data_threads if ctx.data_threads > 0 else available_cores()
+    return cache_training_examples(ctx.dataset, np.concatenate([ctx.splits.forget, ctx.splits.retain]),
+                                   directory=Path(str(workdir)) / "cache" if local else None, workers=workers,
+                                   fingerprint=json.dumps(data, sort_keys=True), log=log)
 
 
 def failure_reason(e: BaseException) -> str:

@@ -203,7 +203,8 @@ def test_audit_stage_is_a_valid_name():
     assert _error(stages="unlearn,evaluate,audit") is None
 
 
-@pytest.mark.parametrize("key", ["compat", "distributed", "data.label_cache", "data.skip_corrupt", "lotus.compat"])
+@pytest.mark.parametrize("key", ["compat", "distributed", "data.label_cache", "data.skip_corrupt",
+                                 "data.cache_unlearning", "lotus.compat"])
 def test_booleans(key):
     assert _error(**{key.replace(".", "__"): "yes"}) == f"{key} must be True or False, got 'yes'"
     assert _error(**{key.replace(".", "__"): 1}) == f"{key} must be True or False, got 1"

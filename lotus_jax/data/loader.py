@@ -4,9 +4,9 @@
 the mesh. The epoch is a `grain.MapDataset` over batch slots: a seeded permutation of the positions (when
 shuffled), this process's rows of every global batch (`pipeline.process_rows`), the last batch padded with
 masked rows. Encoded examples are read and decoded one by one on grain's thread pool and batched; images
-already in memory are gathered a whole batch at a time. Batches are put on the mesh a few ahead in one grain
-prefetch thread. Random access lets an epoch start at any batch without reading the batches before it, and
-`close()` stops and joins every thread the loader started.
+already in memory (or all in a decoded cache, `data.cache`) are gathered a whole batch at a time. Batches are
+put on the mesh a few ahead in one grain prefetch thread. Random access lets an epoch start at any batch
+without reading the batches before it, and `close()` stops and joins every thread the loader started.
 """
 
 from __future__ import annotations
@@ -224,7 +224,8 @@ class EpochLoader:
         self._read = _ReadSlot(source, indices, labels, extra, order, batch_size, rows, skip_corrupt)
         self._read_batch = _ReadBatch(self._read)
         self._slots = grain.MapDataset.range(self._num_batches * self._local).map(self._read)
-        self._batches = grain.MapDataset.range(self._num_batches).map(self._read_batch) if in_memory(source) else None
+        self._batches = (grain.MapDataset.range(self._num_batches).map(self._read_batch)
+                         if in_memory(source, indices) else None)
         self._placer = _Placer(mesh)
         self._reader: _Reader | None = None
         self._finalizer: weakref.finalize | None = None

@@ -81,10 +81,15 @@ def read_one(source: Source, index: int) -> np.ndarray:
     return get_one(index) if get_one is not None else source.get(np.array([index]))[0]
 
 
-def in_memory(source: Source) -> bool:
-    """Whether `source` (or the source a subset is taken from) holds decoded images in memory."""
+def in_memory(source: Source, indices: np.ndarray | None = None) -> bool:
+    """Whether the examples `indices` of `source` (default: all) are decoded images held in memory: an
+    `ArraySource` (or a subset of one), or a source with `covers(indices)` (a cache) that holds them all."""
     while isinstance(source, SubsetSource):
+        indices = source.indices if indices is None else source.indices[np.asarray(indices)]
         source = source.base
+    covers = getattr(source, "covers", None)
+    if covers is not None:
+        return bool(covers(np.arange(len(source)) if indices is None else np.asarray(indices)))
     return isinstance(source, ArraySource)
 
 

@@ -28,7 +28,7 @@ from lotus_jax.train.state import TrainState, Variables, create_state, forward, 
 def default_config() -> mlc.ConfigDict:
     """SPEC §3 for ResNet-18 on CIFAR-10: AdamW lr 1e-4, wd 5e-4, 10 epochs, batch 128, alpha 8."""
     return mlc.ConfigDict(dict(epochs=10, batch_size=128, alpha=8.0, retain_fraction=0.3, stop_threshold=-0.01,
-                               compat=False, optimizer=optimizer_config("adamw", 1e-4, 5e-4)))
+                               compat=False, cache_teacher=True, optimizer=optimizer_config("adamw", 1e-4, 5e-4)))
 
 
 def forget_targets(teacher_logits: jax.Array, tau: jax.Array, key: jax.Array) -> jax.Array:
@@ -76,11 +76,16 @@ def lotus_step(state: TrainState, batch: dict, teacher: Variables, tau: jax.Arra
     """One LoTUS update: teacher logits (stop-gradient) -> Gumbel targets -> soft cross-entropy -> optax.
 
     `batch` holds 'image', 'mask' and 'forget' (1 for D_f rows, 0 for D_r' rows); labels are unused.
-    `teacher` is the frozen original (inference mode). `tau` is a traced argument, so a new temperature never
+    `teacher` is the frozen original (inference mode). With 'teacher_logits' in the batch (precomputed once
+    by `plan` when the images are not augmented, so the teacher's output per example never changes), the
+    step skips the teacher's forward pass. `tau` is a traced argument, so a new temperature never
     recompiles the step.
     """
     x = prep(batch["image"])
-    teacher_logits = jax.lax.stop_gradient(state.apply_fn(teacher, x, train=False))
+    if "teacher_logits" in batch:
+        teacher_logits = batch["teacher_logits"]
+    else:
+        teacher_logits = jax.lax.stop_gradient(state.apply_fn(teacher, x, train=False))
     targets = lotus_targets(teacher_logits, batch["forget"], tau, key)
 
     def loss_fn(params):
@@ -99,10 +104,23 @@ def retain_subset(retain: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(rng.choice(retain, size=k, replace=False))
 
 
+def teacher_logits(ctx: Context, teacher: Variables, indices: np.ndarray) -> np.ndarray:
+    """The teacher's (inference-mode) logits of the training examples `indices`, in order: one batched pass."""
+    apply = jax.jit(lambda v, images: ctx.model.apply(v, ctx.prep(images), train=False))
+    out = []
+    with ctx.batches(indices, ctx.eval_batch_size) as batches:
+        for batch in batches:
+            logits = np.asarray(apply(teacher, batch["image"]), np.float32)
+            out.append(logits[np.asarray(batch["mask"], bool)])
+    return np.concatenate(out)
+
+
 def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
     """D_r' once, acc_u once, then per epoch: acc_f of the student -> stop? -> tau -> one pass of updates.
 
-    All of it is inside the timed unlearning call (the runner times from before this function).
+    Without augmentation of the unlearning batches, the teacher's logits of D_f + D_r' are computed once
+    here (`cfg.cache_teacher`) instead of in every step. All of it is inside the timed unlearning call (the
+    runner times from before this function).
     """
     del key  # the runner passes each step its own key
     decimals = 2 if cfg.get("compat", False) else None
@@ -113,6 +131,10 @@ def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
     acc_u = 0.0 if ctx.splits.class_unlearning else ctx.evaluate(original, "val").accuracy
     teacher = place(original, ctx.mesh)
     step = functools.partial(lotus_step, prep=ctx.prep)
+    extra = {"forget": flags}
+    augmented = ctx.unlearn_augment and ctx.prep.augment != "none"
+    if cfg.get("cache_teacher", True) and not augmented:
+        extra["teacher_logits"] = teacher_logits(ctx, teacher, indices)
 
     def before_epoch(state: TrainState, epoch: int) -> dict:
         acc_f = ctx.evaluate(variables_of(state), "forget").accuracy
@@ -120,7 +142,7 @@ def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
         return {"acc_f": acc_f, "tau": None if stop else temperature(acc_f, acc_u, alpha, decimals), "stopped": stop}
 
     def phases(epoch: int, info: dict) -> list[Phase]:
-        return [Phase("unlearn", step, indices, args=(teacher, jnp.float32(info["tau"])), extra={"forget": flags},
+        return [Phase("unlearn", step, indices, args=(teacher, jnp.float32(info["tau"])), extra=extra,
                       keyed=True)]
 
     return Plan(state=create_state(ctx.model, original, make_optimizer(cfg.optimizer), ctx.mesh),

@@ -2,13 +2,14 @@
 
 XLA's CPU convolution is about 100x slower than it should be when the output map is 2x2 or smaller
 (ResNet-18's last stage on 32x32 CIFAR images).  For such outputs this module computes the
-convolution as a sum over the kernel taps of shifted, strided slices of the padded input, each
-multiplied by one (cin, cout) slice of the kernel:
+convolution as one matmul of the input patches (im2col: the kernel taps' shifted, strided slices of the
+padded input, concatenated along channels) with the kernel flattened to (kh * kw * cin, cout):
 
-    y[n, a, b, :] = sum_{i, j} xpad[n, a * sh + i, b * sw + j, :] @ kernel[i, j]
+    y[n, a, b, :] = concat_{i, j}(xpad[n, a * sh + i, b * sw + j, :]) @ kernel.reshape(-1, cout)
 
 which is the same function (torch/lax cross-correlation semantics) and has the same parameters as
-``flax.linen.Conv``, so checkpoints and parameter trees do not depend on which path runs.
+``flax.linen.Conv``, so checkpoints and parameter trees do not depend on which path runs.  One matmul with
+K = kh * kw * cin beats a sum of kh * kw matmuls (the previous form) about 2x in training on CPU.
 """
 from __future__ import annotations
 
@@ -27,34 +28,31 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) 
     return (size + pad[0] + pad[1] - kernel) // stride + 1
 
 
-def shifted_matmul_conv(
+def im2col_conv(
     x: jax.Array,
     kernel: jax.Array,
     strides: tuple[int, int],
     padding: Padding,
     accumulate_dtype: Any,
 ) -> jax.Array:
-    """NHWC convolution as a sum over kernel taps of strided input slices times kernel[i, j].
+    """NHWC convolution as one matmul of the (i, j, cin)-ordered input patches with the flattened kernel.
 
     Products are accumulated in ``accumulate_dtype`` and the result is cast back to ``x.dtype``.
     """
-    kh, kw = kernel.shape[:2]
+    kh, kw, cin, cout = kernel.shape
     sh, sw = strides
-    n, h, w, cin = x.shape
+    n, h, w, _ = x.shape
     out_h = conv_output_size(h, kh, sh, padding[0])
     out_w = conv_output_size(w, kw, sw, padding[1])
     xpad = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = lax.slice(
-                xpad,
-                (0, i, j, 0),
-                (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, cin),
-                (1, sh, sw, 1),
-            )
-            term = jnp.einsum("nhwc,cd->nhwd", tap, kernel[i, j], preferred_element_type=accumulate_dtype)
-            out = term if out is None else out + term
+    taps = [
+        lax.slice(xpad, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, cin), (1, sh, sw, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
+    out = jnp.einsum("nhwk,kd->nhwd", patches, kernel.reshape(kh * kw * cin, cout),
+                     preferred_element_type=accumulate_dtype)
     return out.astype(x.dtype)
 
 
@@ -62,7 +60,7 @@ class Conv(nn.Module):
     """NHWC 2-D convolution with explicit (torch-style) padding; parameters as ``flax.linen.Conv``.
 
     When both output spatial sizes are <= ``small_conv_size`` (decided statically from shapes at trace
-    time) the shifted-matmul form is used instead of ``lax.conv_general_dilated``; 0 disables it.
+    time) the im2col matmul form is used instead of ``lax.conv_general_dilated``; 0 disables it.
     """
 
     features: int
@@ -88,7 +86,7 @@ class Conv(nn.Module):
         out_w = conv_output_size(x.shape[2], kw, self.strides[1], padding[1])
         if out_h <= self.small_conv_size and out_w <= self.small_conv_size:
             accumulate = jnp.promote_types(x.dtype, jnp.float32)
-            y = shifted_matmul_conv(x, kernel, tuple(self.strides), padding, accumulate)
+            y = im2col_conv(x, kernel, tuple(self.strides), padding, accumulate)
         else:
             y = lax.conv_general_dilated(
                 x,

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from lotus_jax.models.conv import Conv
+from lotus_jax.models.pooling import max_pool_3x3_s2
 
 PAD3 = ((1, 1), (1, 1))
 PAD0 = ((0, 0), (0, 0))
@@ -79,7 +80,7 @@ class ResNet18(nn.Module):
         )(x)
         x = _batch_norm("bn1", train, self.dtype)(x, mask=bn_mask)
         x = nn.relu(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=PAD3)
+        x = max_pool_3x3_s2(x)
         for stage, (mult, first_stride) in enumerate(zip((1, 2, 4, 8), (1, 2, 2, 2)), start=1):
             for index, strides in enumerate((first_stride, 1)):
                 x = BasicBlock(

@@ -4,6 +4,7 @@ sizes, train + validation splits) prepared in the test without TensorFlow."""
 
 import io
 import json
+import shutil
 
 import ml_collections as mlc
 import numpy as np
@@ -157,8 +158,20 @@ def test_main_runs_imagenet_small_end_to_end(imagenet_dir, tmp_path):
     name, data_dir = imagenet_dir
     metrics = main.run(_small_config(name, data_dir), tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    cached = json.loads((tmp_path / "run" / "cache" / "train.npy.json").read_text())
+    assert cached["shape"] == [16, 32, 32, 3]  # D_f and D_r (4 classes x (1 + 3)) decoded once, for every stage
     assert saved == json.loads(json.dumps(metrics))
     assert {"original", "lotus"} <= set(saved["models"])
     lotus = saved["models"]["lotus"]
     for key in ("acc_forget", "acc_retain", "acc_test", "mia", "rf_jsd"):
         assert 0.0 <= lotus[key] <= 1.0, key
+    # LoTUS again without the cache (data.cache_unlearning=False): the same model, the same numbers.
+    run = tmp_path / "run"
+    shutil.rmtree(run / "cache")
+    shutil.rmtree(run / "checkpoints" / "lotus")
+    (run / "results" / "lotus.json").unlink()
+    c = _small_config(name, data_dir)
+    c.stages, c.data.cache_unlearning = "unlearn,evaluate", False
+    again = main.run(c, run)["models"]["lotus"]
+    assert not (run / "cache").exists()
+    assert {k: v for k, v in again.items() if "time" not in k} == {k: v for k, v in lotus.items() if "time" not in k}

@@ -342,3 +342,27 @@ def test_time_covers_subsampling_evaluations_and_updates_not_the_final_evaluatio
     # ... and an evaluation of the result after the call is not.
     rec.evaluate(res.variables, "forget")
     assert res.time_s <= wall + 1e-3 < time.perf_counter() - start - 0.5 * sleep
+
+
+# Catches: precomputed teacher logits paired with the wrong rows (another order than the phase's indices),
+# computed from the wrong model or mode, or used while unlearning batches are augmented (then the teacher must
+# see each augmented batch, so the step has to run the teacher itself).
+def test_precomputed_teacher_logits_give_what_the_step_computes_itself(problem):
+    ctx, original = problem
+    cfg = _cfg(epochs=2, stop_threshold=None)
+    phase = lotus.plan(ctx, original, cfg, jax.random.key(0)).phases(0, {"tau": 1.0})[0]
+    cached = np.asarray(phase.extra["teacher_logits"])
+    images = np.asarray(ctx.dataset.train.get(np.asarray(phase.indices)))
+    direct = ctx.model.apply(original, ctx.prep(jnp.asarray(images)), train=False)
+    np.testing.assert_allclose(cached, np.asarray(direct), rtol=1e-5, atol=1e-5)
+
+    with_cache = unlearn(ctx, original, cfg, jax.random.key(5))
+    without = unlearn(ctx, original, _cfg(epochs=2, stop_threshold=None, cache_teacher=False), jax.random.key(5))
+    chex.assert_trees_all_close(jax.device_get(with_cache.variables), jax.device_get(without.variables),
+                                atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose([h["loss"] for h in with_cache.history], [h["loss"] for h in without.history],
+                               rtol=1e-5)
+
+    augmenting = dataclasses.replace(ctx, unlearn_augment=True, prep=dataclasses.replace(ctx.prep, augment="crop_flip"))
+    phase = lotus.plan(augmenting, original, cfg, jax.random.key(0)).phases(0, {"tau": 1.0})[0]
+    assert "teacher_logits" not in phase.extra

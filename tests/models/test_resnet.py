@@ -109,7 +109,7 @@ class ResNetTest(chex.TestCase):
             chex.assert_trees_all_equal_shapes_and_dtypes(init(other), variables)
 
     def test_eval_graph_matches_independent_reference(self):
-        """12x12 input: stage outputs 6, 3, 2, 1 wide, so both conv paths (lax and shifted matmuls) run."""
+        """12x12 input: stage outputs 6, 3, 2, 1 wide, so both conv paths (lax and im2col matmuls) run."""
         model = ResNet18(num_classes=NUM_CLASSES, width=WIDTH)
         x = _images(2, size=12)
         variables = _init(model, x)
@@ -168,7 +168,7 @@ SMALL_CASES = [
 
 
 class ConvTest(chex.TestCase):
-    """The shifted-matmul path computes the same function, parameters and gradients as lax conv."""
+    """The im2col path computes the same function, parameters and gradients as lax conv."""
 
     @parameterized.parameters(*SMALL_CASES)
     def test_small_path_matches_lax(self, kernel, pad, stride, size):
