@@ -11,8 +11,11 @@
 #     cosine after 1 warm-up epoch, no augmentation (original/gold and unlearning alike);
 #   - unlearning with the paper's settings: 10% of each class forgotten, every method 10 epochs at its
 #     settings (SGD baselines with momentum 0.9), LoTUS lr 1e-4, batch 128, alpha 8; seeds 3407, 13, 12;
-#   - class unlearning: class 0 (airplane) forgotten, LoTUS alpha 32, from seed 3407's original model;
-#   - LoTUS variants (alpha 2 and 32, 3 epochs) per seed for more points in the correlation.
+#   - class unlearning: class 0 (airplane) forgotten, LoTUS alpha 32, seeds 3407, 13, 12, each from that seed's
+#     original model of the instance runs;
+#   - LoTUS variants (alpha 2 and 32, 3 epochs) per seed for more points in the correlation;
+#   - the per-example audit on the same data at width 8 (seed 3407): its own original model, all nine methods,
+#     then 16 gold models and 16 unlearned models per audited method (LoTUS, Finetune, Random labels, SCRUB).
 # The results page is experiments/results/cifar10_memorising/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,15 +48,20 @@ for seed in 3407 13 12; do
   done
 done
 
-# 3. Class unlearning: class 0, from seed 3407's original model; gold retrained without the class.
-python -m lotus_jax.main "${common[@]}" --workdir "$work/class" --config.seed=3407 \
-  --config.data.forget.mode=class --config.data.forget.classes=0 --config.lotus.alpha=32.0 \
-  --config.original_checkpoint="$work/instance/seed_3407/checkpoints/original"
+# 3. The per-example audit (width 8 so that 16 + 4 x 16 models fit the time): populations vmapped on the CPU.
+python -m lotus_jax.main "${common[@]}" --config.model.width=8 --workdir "$work/audit" --config.seed=3407 \
+  --config.stages=train,retrain,unlearn,evaluate,audit --config.audit.models=16
 
-# 4. RF-JSD against JSD across every (method, seed) and variant.
+# 4. Class unlearning: class 0, each seed from its original model; gold retrained without the class.
+python -m lotus_jax.main "${common[@]}" --workdir "$work/class" --config.seeds=3407,13,12 \
+  --config.data.forget.mode=class --config.data.forget.classes=0 --config.lotus.alpha=32.0 \
+  --config.original_checkpoint="$work/instance/seed_{seed}/checkpoints/original"
+
+# 5. RF-JSD against JSD across every (method, seed) and variant.
 python experiments/rfjsd_correlation.py "$work" --out experiments/results/cifar10_memorising
 
 out=experiments/results/cifar10_memorising
-mkdir -p "$out/instance" "$out/class"
-cp "$work"/instance/report.md "$work"/instance/metrics.json "$work"/instance/*.png "$out/instance/"
-cp "$work"/class/report.md "$work"/class/metrics.json "$work"/class/*.png "$out/class/"
+mkdir -p "$out/instance" "$out/class" "$out/audit"
+for part in instance class audit; do
+  cp "$work/$part"/report.md "$work/$part"/metrics.json "$work/$part"/*.png "$out/$part/"
+done

@@ -2,7 +2,8 @@
 
     python experiments/rfjsd_correlation.py <study folder> [--out <folder>] [--form textbook|compat]
 
-Reads every `metrics.json` below the study folder (per-seed runs `seed_*/`, variant runs), takes each
+Reads every `metrics.json` of the instance-unlearning runs below the study folder (`instance/seed_*/`,
+`variants/*/`; the class-unlearning and audit runs are other protocols and left out), takes each
 unlearned model's (RF-JSD, JSD) pair — the original and gold rows are left out — and prints the correlations
 over all points and per seed with the paper's claim (Pearson 0.92 ± 0.04) next to them. With `--out`, writes
 `rfjsd_vs_jsd.png` (scatter, one colour per method) and `correlation.json` there.
@@ -18,6 +19,7 @@ import numpy as np
 from scipy import stats
 
 REFERENCE = ("original", "gold")
+INSTANCE_RUNS = ("instance", "variants")
 
 
 def points(study: Path, form: str) -> list[dict]:
@@ -27,6 +29,8 @@ def points(study: Path, form: str) -> list[dict]:
         models = json.loads(path.read_text()).get("models", {})
         if "seeds" in json.loads(path.read_text()):
             continue  # the mean ± std table of a multi-seed run; its seeds are read from seed_*/
+        if path.parent.relative_to(study).parts[0] not in INSTANCE_RUNS:
+            continue
         for name, m in models.items():
             if name in REFERENCE or m.get("failed") or f"jsd_{form}" not in m:
                 continue

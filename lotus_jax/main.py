@@ -127,6 +127,7 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
             return
         like = jax.eval_shape(init, key)
         if user_ckpt:
+            user_ckpt = seeded_path(user_ckpt, cfg.seed)
             variables = checkpoint.restore(user_ckpt, like, mesh)
             log(f"[{name}] imported {user_ckpt}")
         else:
@@ -201,6 +202,11 @@ def cache_unlearning_examples(ctx: Context, cfg, workdir: epath.Path) -> Dataset
     return cache_training_examples(ctx.dataset, np.concatenate([ctx.splits.forget, ctx.splits.retain]),
                                    directory=Path(str(workdir)) / "cache" if local else None, workers=workers,
                                    fingerprint=json.dumps(data, sort_keys=True), log=log)
+
+
+def seeded_path(path: str, seed: int) -> str:
+    """`path` with `{seed}` replaced by the run's seed: one checkpoint per seed in a `seeds` run."""
+    return str(path).replace("{seed}", str(seed))
 
 
 def failure_reason(e: BaseException) -> str:

@@ -175,3 +175,24 @@ def test_training_can_start_from_a_checkpoint(finished_run, tmp_path, capsys):
     given, trained = read(workdir / "checkpoints" / "original"), read(tmp_path / "checkpoints" / "original")
     for a, b in zip(jax.tree.leaves(given["params"]), jax.tree.leaves(trained["params"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_original_checkpoint_path_can_name_the_seed(finished_run, tmp_path, capsys):
+    # A `seeds` run starts each seed from its own checkpoint. Catches `{seed}` left in the path (restore fails)
+    # or replaced by something other than the run's seed (the copy for another seed is imported).
+    import shutil
+
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    workdir, _ = finished_run
+    c = tiny_config()
+    c.stages = "train"
+    shutil.copytree(workdir / "checkpoints" / "original", tmp_path / f"seed_{c.seed}")
+    c.original_checkpoint = str(tmp_path / "seed_{seed}")
+    main.run(c, tmp_path / "run")
+    assert f"imported {tmp_path / f'seed_{c.seed}'}" in capsys.readouterr().out
+    read = ocp.StandardCheckpointer().restore
+    given, imported = read(workdir / "checkpoints" / "original"), read(tmp_path / "run" / "checkpoints" / "original")
+    for a, b in zip(jax.tree.leaves(given), jax.tree.leaves(imported)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
