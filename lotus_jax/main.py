@@ -62,7 +62,8 @@ def validate(cfg) -> tuple[list[str], list[str]]:
 def check_workdir(workdir: epath.Path, cfg) -> None:
     """Refuses a workdir whose splits/checkpoints were made with a different data/model/training config.
 
-    Where the data lives (`data.path`, `data.data_dir`) and how it is decoded may change between runs.
+    Where the data lives (`data.path`, `data.data_dir`) and how it is decoded may change between runs. A key
+    the saved config lacks (written by an older version) counts as equal when its current value is unset (None).
     """
     path = workdir / "config.json"
     if not path.exists() or not ((workdir / "splits.npz").exists() or (workdir / "checkpoints").exists()):
@@ -71,10 +72,19 @@ def check_workdir(workdir: epath.Path, cfg) -> None:
     for c in (saved, current):
         for movable in MOVABLE_DATA_KEYS:
             c.get("data", {}).pop(movable, None)
-    diff = [k for k in RUN_DEFINING if saved.get(k) != current.get(k)]
+    diff = [k for k in RUN_DEFINING if _without_unset(saved.get(k), current.get(k)) != current.get(k)]
     if diff:
         raise ConfigError(f"{workdir} holds a run made with a different config (section(s) {', '.join(diff)} "
                           f"differ); use a new --workdir")
+
+
+def _without_unset(saved: Any, current: Any) -> Any:
+    """`saved` with the keys it lacks but `current` holds as None (unset) added as None, recursively."""
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return saved
+    out = {k: _without_unset(v, current.get(k)) for k, v in saved.items()}
+    out.update({k: None for k, v in current.items() if k not in saved and v is None})
+    return out
 
 
 def save_config(workdir: epath.Path, cfg) -> None:

@@ -196,3 +196,21 @@ def test_original_checkpoint_path_can_name_the_seed(finished_run, tmp_path, caps
     given, imported = read(workdir / "checkpoints" / "original"), read(tmp_path / "run" / "checkpoints" / "original")
     for a, b in zip(jax.tree.leaves(given), jax.tree.leaves(imported)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_workdir_of_an_older_version_without_a_new_unset_key_is_accepted(tmp_path):
+    # A key added to the config later (saved config lacks it) must not orphan existing runs while it is unset;
+    # catches both a comparison that refuses such workdirs and one that ignores real differences.
+    c = tiny_config()
+    saved = json.loads(c.to_json_best_effort())
+    del saved["train"]["init_checkpoint"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "splits.npz").write_bytes(b"")
+    main.check_workdir(tmp_path, c)
+    c.train.init_checkpoint = "/elsewhere"
+    with pytest.raises(main.ConfigError, match="train"):
+        main.check_workdir(tmp_path, c)
+    c = tiny_config()
+    c.train.epochs += 1
+    with pytest.raises(main.ConfigError, match="train"):
+        main.check_workdir(tmp_path, c)
