@@ -63,11 +63,22 @@ def evaluate_batches(eval_fn: Callable, variables: Variables, batches: Iterable[
     """Runs `eval_fn` over device `batches` and gathers the valid rows on the host.
 
     Per-class sums add up on the host in float64; with several processes the statistics are gathered on all
-    of them, in the global batch order, so every process gets the one-process result.
+    of them, in the global batch order, so every process gets the one-process result. Batch i + 1 is
+    dispatched before batch i is brought to the host, so the device never waits for the host's work.
     """
-    host = (sharding.to_host((eval_fn(variables, batch, keep_probs), batch["mask"], batch["label"]))
-            for batch in batches)
-    return statistics_from_outputs(host, num_classes, keep_probs)
+    return statistics_from_outputs(_overlapped(eval_fn, variables, batches, keep_probs), num_classes, keep_probs)
+
+
+def _overlapped(eval_fn: Callable, variables: Variables, batches: Iterable[dict], keep_probs: bool):
+    """Host (statistics, mask, labels) of every batch, each fetched after the next batch's dispatch."""
+    pending = None
+    for batch in batches:
+        out = (eval_fn(variables, batch, keep_probs), batch["mask"], batch["label"])
+        if pending is not None:
+            yield sharding.to_host(pending)
+        pending = out
+    if pending is not None:
+        yield sharding.to_host(pending)
 
 
 def statistics_from_outputs(outputs: Iterable[tuple[dict, np.ndarray, np.ndarray]], num_classes: int,

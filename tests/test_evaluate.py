@@ -49,3 +49,28 @@ def test_model_metrics_reads_each_split_from_the_right_model():
     # The original model itself is far from its unseen distribution and from gold on the forget set.
     o = model_metrics(original, original, gold, form="textbook", rf_unseen="val")
     assert o["rf_jsd"] > 0.1 and o["jsd"] > 0.1
+
+
+def test_evaluation_dispatches_the_next_batch_before_fetching_the_previous(monkeypatch):
+    # Catches an evaluation loop that brings each batch to the host before dispatching the next one (the device
+    # then idles during host work), and one that drops or reorders batches while overlapping.
+    from lotus_jax import evaluate
+
+    events = []
+
+    def eval_fn(variables, batch, keep_probs):
+        events.append(("dispatch", batch["i"]))
+        n = len(batch["mask"])
+        return {"i": batch["i"], "correct": np.full(n, batch["i"] % 2 == 0), "entropy": np.full(n, float(batch["i"])),
+                "prob_sums": np.zeros((2, 2)), "counts": np.array([n, 0])}
+
+    def to_host(tree):
+        events.append(("fetch", tree[0]["i"]))
+        return tree
+
+    monkeypatch.setattr(evaluate.sharding, "to_host", to_host)
+    batches = [{"i": i, "mask": np.ones(3, bool), "label": np.zeros(3, np.int64)} for i in range(3)]
+    stats = evaluate.evaluate_batches(eval_fn, {}, iter(batches), num_classes=2)
+    assert events == [("dispatch", 0), ("dispatch", 1), ("fetch", 0), ("dispatch", 2), ("fetch", 1), ("fetch", 2)]
+    np.testing.assert_array_equal(stats.entropy, np.repeat([0.0, 1.0, 2.0], 3))
+    assert stats.counts.tolist() == [9, 0]
