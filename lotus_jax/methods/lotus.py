@@ -18,6 +18,7 @@ import ml_collections as mlc
 import numpy as np
 import optax
 
+from lotus_jax import sharding
 from lotus_jax.train.context import Context
 from lotus_jax.train.losses import soft_cross_entropy
 from lotus_jax.train.optim import make_optimizer, optimizer_config
@@ -105,13 +106,14 @@ def retain_subset(retain: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def teacher_logits(ctx: Context, teacher: Variables, indices: np.ndarray) -> np.ndarray:
-    """The teacher's (inference-mode) logits of the training examples `indices`, in order: one batched pass."""
+    """The teacher's (inference-mode) logits of the training examples `indices`, in order: one batched pass
+    (gathered from every process, so each holds all of them)."""
     apply = jax.jit(lambda v, images: ctx.model.apply(v, ctx.prep(images), train=False))
     out = []
     with ctx.batches(indices, ctx.eval_batch_size) as batches:
         for batch in batches:
-            logits = np.asarray(apply(teacher, batch["image"]), np.float32)
-            out.append(logits[np.asarray(batch["mask"], bool)])
+            logits, mask = sharding.to_host((apply(teacher, batch["image"]), batch["mask"]))
+            out.append(np.asarray(logits, np.float32)[np.asarray(mask, bool)])
     return np.concatenate(out)
 
 
