@@ -17,8 +17,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lotus_jax  # noqa: E402,F401  (sets the package's XLA CPU flags before the backend starts)
-from lotus_jax.models.conv import im2col_conv  # noqa: E402
-from lotus_jax.models.resnet import _batch_norm  # noqa: E402
+import lotus_jax  # noqa: F401  (sets the package's XLA CPU flags before the backend starts)
+from lotus_jax.models.conv import im2col_conv
+from lotus_jax.models.resnet import _batch_norm
 
 
 def timeit(fn: Callable, *args, repeats: int) -> float:
