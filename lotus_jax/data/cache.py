@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lotus_jax.data.sources import CorruptExample, DataError, Dataset, Source, describe, in_memory, read_one
+from lotus_jax.data.sources import (CorruptExample, DataError, Dataset, Source, WrapsSource, describe, in_memory,
+                                    read_one)
 
 Log = Callable[[str], None]
 LOG_EVERY_S = 30.0
@@ -32,7 +33,7 @@ FREE_SPACE_SHARE = 0.9  # a cache may take at most this share of the free disk (
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class CachedSource:
+class CachedSource(WrapsSource):
     """`base` with the examples `indices` (sorted, unique) decoded in `images` (uint8, one row per index; in
     memory or a read-only memmap). `damaged` maps a cached index whose image could not be decoded to the
     reason: its row is zeros and reading it raises `CorruptExample` naming it, as the base source would.
@@ -46,14 +47,6 @@ class CachedSource:
     @property
     def labels(self) -> np.ndarray:
         return self.base.labels
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.base.class_names
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.base.image_shape
 
     def __len__(self) -> int:
         return len(self.base)

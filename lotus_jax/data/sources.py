@@ -651,8 +651,22 @@ def _tfds_labels(ds, label_key: str, dataset_dir: Path, split: str, chunk: int =
     return labels
 
 
+class WrapsSource:
+    """Class names and image shape of the source a wrapper reads from (its `base`)."""
+
+    base: Source
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.base.class_names
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.base.image_shape
+
+
 @dataclasses.dataclass(frozen=True)
-class SubsetSource:
+class SubsetSource(WrapsSource):
     """The examples `indices` of another source, re-indexed from 0."""
 
     base: Source
@@ -663,14 +677,6 @@ class SubsetSource:
     def labels(self) -> np.ndarray:
         labels = np.asarray(self.base.labels)[self.indices]
         return labels if self.val_size is None else heldout_labels(labels, self.val_size)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.base.class_names
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.base.image_shape
 
     def __len__(self) -> int:
         return len(self.indices)
