@@ -105,14 +105,20 @@ def retain_subset(retain: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(rng.choice(retain, size=k, replace=False))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def inference_logits(model, prep, variables: Variables, images: jax.Array) -> jax.Array:
+    """Logits of `model` in inference mode; jitted once per (model, preprocessing), not once per LoTUS run."""
+    return model.apply(variables, prep(images), train=False)
+
+
 def teacher_logits(ctx: Context, teacher: Variables, indices: np.ndarray) -> np.ndarray:
     """The teacher's (inference-mode) logits of the training examples `indices`, in order: one batched pass
     (gathered from every process, so each holds all of them)."""
-    apply = jax.jit(lambda v, images: ctx.model.apply(v, ctx.prep(images), train=False))
     out = []
     with ctx.batches(indices, ctx.eval_batch_size) as batches:
         for batch in batches:
-            logits, mask = sharding.to_host((apply(teacher, batch["image"]), batch["mask"]))
+            logits = inference_logits(ctx.model, ctx.prep, teacher, batch["image"])
+            logits, mask = sharding.to_host((logits, batch["mask"]))
             out.append(np.asarray(logits, np.float32)[np.asarray(mask, bool)])
     return np.concatenate(out)
 
