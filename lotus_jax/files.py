@@ -22,10 +22,14 @@ def writes() -> bool:
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:
-    """Writes `data` to `path` atomically (a uniquely named temporary file in the same folder, then a rename);
-    on processes other than 0 it does nothing."""
-    if not writes():
-        return
+    """Writes `data` to `path` atomically (`write_bytes_here`); on processes other than 0 it does nothing."""
+    if writes():
+        write_bytes_here(path, data)
+
+
+def write_bytes_here(path: PathLike, data: bytes) -> None:
+    """Writes `data` to `path` atomically (a uniquely named temporary file in the same folder, then a rename)
+    from whichever process calls it: for files each host keeps for itself, such as a decode cache."""
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"

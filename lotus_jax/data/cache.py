@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lotus_jax import files
 from lotus_jax.data.sources import (CorruptExample, DataError, Dataset, Source, WrapsSource, describe, in_memory,
                                     read_one)
 
@@ -141,8 +142,8 @@ def cache_source(source: Source, indices: np.ndarray, *, workers: int = 1, path:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-    _write_atomic(meta, json.dumps({"key": key, "shape": list(shape),
-                                    "damaged": {str(i): why for i, why in damaged.items()}}))
+    files.write_bytes_here(meta, json.dumps({"key": key, "shape": list(shape),
+                                             "damaged": {str(i): why for i, why in damaged.items()}}).encode())
     return CachedSource(source, indices, np.load(path, mmap_mode="r"), damaged)
 
 
@@ -158,16 +159,6 @@ def _load(path: Path, meta: Path, key: str, shape: tuple[int, ...]) -> tuple[np.
         return images, {int(i): str(why) for i, why in info.get("damaged", {}).items()}
     except (OSError, ValueError, AttributeError, TypeError):  # missing, cut short, not JSON / .npy
         return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def _decode_into(out: np.ndarray, source: Source, indices: np.ndarray, workers: int, log: Log,
