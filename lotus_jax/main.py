@@ -35,7 +35,7 @@ from lotus_jax.errors import ConfigError
 from lotus_jax.evaluate import make_eval_fn
 from lotus_jax.methods import unlearn as unlearn_method
 from lotus_jax.methods.supervised import train
-from lotus_jax.models import build_model
+from lotus_jax.models import build_model, init_function
 from lotus_jax.sharding import initialize_distributed, mesh_from_config
 from lotus_jax.train.context import Context
 from lotus_jax.train.runner import Interrupted, NonFiniteError
@@ -117,7 +117,7 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
         raise ConfigError(str(e)) from None
     prep = preprocess_from_config(cfg.data, cfg.model)
     dummy = prep(jnp.zeros((1, *dataset.train.image_shape), jnp.uint8))
-    init = jax.jit(lambda k: model.init({"params": k}, dummy, train=False))
+    init = init_function(model, dummy)
     ctx = Context(model=model, prep=prep, dataset=dataset, splits=splits, mesh=mesh,
                   eval_fn=make_eval_fn(model, prep, dataset.num_classes), init_fn=init,
                   eval_batch_size=cfg.eval.batch_size, seed=cfg.seed, log=log, progress_dir=workdir / "progress",
@@ -125,7 +125,8 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
                   data_threads=int(cfg.data.get("decode_workers", -1)),
                   unlearn_augment=bool(cfg.data.get("unlearn_augment", False)))
     key = jax.random.key(cfg.seed)
-    log(f"model: {cfg.model.name}, {sum(x.size for x in jax.tree.leaves(jax.eval_shape(init, key)['params'])):,} "
+    like = jax.eval_shape(init, key)  # the variables' shapes and dtypes
+    log(f"model: {cfg.model.name}, {sum(x.size for x in jax.tree.leaves(like['params'])):,} "
         f"parameters, input {dummy.shape[1:]}, {cfg.dtype}; mesh {dict(mesh.shape)}")
     ckdir = workdir / "checkpoints"
 
@@ -135,7 +136,6 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
         if checkpoint.exists(path):
             log(f"[{name}] checkpoint found in {path}: skipping training")
             return
-        like = jax.eval_shape(init, key)
         if user_ckpt:
             user_ckpt = seeded_path(user_ckpt, cfg.seed)
             variables = checkpoint.restore(user_ckpt, like, mesh)
@@ -151,7 +151,7 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
 
     def load(name: str) -> dict | None:
         path = ckdir / name
-        return checkpoint.restore(path, jax.eval_shape(init, key), mesh) if checkpoint.exists(path) else None
+        return checkpoint.restore(path, like, mesh) if checkpoint.exists(path) else None
 
     if "train" in stages or cfg.original_checkpoint:
         obtain("original", cfg.original_checkpoint, np.sort(np.concatenate([splits.forget, splits.retain])),

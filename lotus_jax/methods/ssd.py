@@ -57,7 +57,8 @@ def accumulate_squared_grads(total: Any, batch: dict, variables: Variables, *, a
 def importance(ctx: Context, accumulate: Callable, variables: Variables, indices: np.ndarray, batch_size: int
                ) -> Any:
     """Mean over unshuffled batches of `indices` of the squared batch-mean-loss gradients."""
-    total = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), variables["params"])
+    # On the mesh like the gradients it accumulates: the step then compiles once, not again after its first call.
+    total = place(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), variables["params"]), ctx.mesh)
     total = fold_batches(ctx, accumulate, total, indices, batch_size, variables)
     n = max(-(-len(indices) // batch_size), 1)
     return jax.tree.map(lambda t: t / n, total)

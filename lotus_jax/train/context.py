@@ -18,6 +18,7 @@ from lotus_jax.data.sources import Dataset, Source
 from lotus_jax.data.splits import Splits
 from lotus_jax.data.transforms import Preprocess
 from lotus_jax.evaluate import SplitStats, Variables, evaluate_batches
+from lotus_jax.models import jit_init
 
 Log = Callable[[str], None]
 
@@ -41,6 +42,9 @@ class Context:
     skip_corrupt: bool = False  # corrupt images become masked rows (counted) instead of stopping the run
     data_threads: int = -1  # host threads reading and decoding examples (-1: all cores)
     unlearn_augment: bool = False  # unlearning batches go through the training augmentation (as the reference)
+    # Compiled steps by runner.step_id, filled by the runner: stages running the same step (original and gold
+    # training) compile it once. Contexts derived with dataclasses.replace share it.
+    compiled: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -49,7 +53,7 @@ class Context:
     def init_variables(self, key: jax.Array) -> Variables:
         """Freshly initialised variables of the model, created directly on the mesh by the FSDP rule."""
         shapes = jax.eval_shape(self.init_fn, key)
-        return jax.jit(self.init_fn, out_shardings=sharding.shardings(shapes, self.mesh))(key)
+        return jit_init(self.init_fn, out_shardings=sharding.shardings(shapes, self.mesh))(key)
 
     def split_source(self, split: str) -> tuple[Source, np.ndarray]:
         """(source, indices) of 'forget' | 'retain' | 'val' | 'test'."""

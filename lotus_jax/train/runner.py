@@ -9,6 +9,7 @@ PRNG keys. So a checkpoint of the state and the position is enough to continue b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 import zlib
@@ -95,6 +96,14 @@ def stage_salt(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
+def step_id(step: Callable) -> Any:
+    """What makes two steps the same function (one compilation serves both): a partial's function and bound
+    values, else the function itself."""
+    if isinstance(step, functools.partial):
+        return step.func, step.args, tuple(sorted(step.keywords.items()))
+    return step
+
+
 def fold_batches(ctx: Context, fn: Callable, carry: Any, indices: np.ndarray, batch_size: int, *args: Any) -> Any:
     """`carry = fn(carry, batch, *args)` over unshuffled batches of training-source `indices` (a jitted `fn`).
 
@@ -142,10 +151,13 @@ class _Stage:
     members = 1  # models trained at once (a population stacks them on a leading axis)
 
     def __init__(self, ctx: Context, name: str, plan: Plan, ckpts: StageCheckpoints, key: jax.Array,
-                 started: float, augment: bool) -> None:
+                 started: float, augment: bool, jitted: dict[Any, Callable] | None = None) -> None:
         self.ctx, self.name, self.plan, self.ckpts, self.key = ctx, name, plan, ckpts, key
+        # Compiled steps by step_id, shared with the other stages of the run (or those passing one `jitted`).
+        self.jitted: dict[Any, Callable] = ctx.compiled if jitted is None else jitted
         # Training augmentation of every batch's images before the step (unlearning through the train transform).
-        self.augment = jax.jit(ctx.prep.augment_images) if augment and ctx.prep.augment != "none" else None
+        self.augment = (self.jitted.setdefault(("augment", ctx.prep), jax.jit(ctx.prep.augment_images))
+                        if augment and ctx.prep.augment != "none" else None)
         self.state, pos = ckpts.restore(plan.state)
         pos = pos or {}
         self.epoch: int = pos.get("epoch", 0)
@@ -157,7 +169,6 @@ class _Stage:
         # A resumed stage counts the time saved with its checkpoint, not the set-up repeated before the restore.
         self.clock = time.perf_counter() if pos else started
         self.epoch_seconds: list[float] = []  # this session's epochs, for the ETA
-        self.jitted: dict[Any, Callable] = {}
         if pos:
             ctx.log(f"[{name}] resuming: epoch {self.epoch + 1}, {len(self.phase_results)} phase(s) and "
                     f"{pos.get('steps_done', 0)} step(s) of it done")
@@ -278,9 +289,9 @@ class _Stage:
             start, partial = self.resume_at[1], self.resume_at[2]
             collected = [dict(zip(partial, vals)) for vals in zip(*partial.values())] if partial else []
         self.resume_at = (-1, 0, {})
-        step = self.jitted.get(phase.step)
+        step = self.jitted.get(step_id(phase.step))
         if step is None:
-            step = self.jitted[phase.step] = self._compile(phase.step)
+            step = self.jitted[step_id(phase.step)] = self._compile(phase.step)
         key = self._fold(self._fold(self.key, self.epoch), index)
         batches, total = self._batches(phase, index, start)
         pending: dict | None = None
@@ -338,17 +349,18 @@ def _augment_batch(augment: Callable, batch: dict, key: jax.Array, fold: Callabl
 
 
 def run(ctx: Context, name: str, make_plan: Callable[[], Plan], settings: Any, key: jax.Array,
-        augment: bool = False) -> MethodResult:
+        augment: bool = False, jitted: dict[Any, Callable] | None = None) -> MethodResult:
     """Builds the plan (its set-up is timed), restores the newest checkpoint of stage `name`, runs the epochs
     and returns the final variables with the time, history and the plan's extras. With `augment`, every
-    training batch goes through the data's training augmentation first (`Preprocess.augment_images`)."""
+    training batch goes through the data's training augmentation first (`Preprocess.augment_images`).
+    Compiled steps are kept in `jitted` (default: `ctx.compiled`), so runs of the same step compile it once."""
     started = time.perf_counter()
     plan = make_plan()
     check_batch_size(plan.batch_size, ctx.mesh)
     directory = None if ctx.progress_dir is None else Path(ctx.progress_dir) / name
     ckpts = StageCheckpoints(name, directory, settings_json(settings), ctx.log)
     try:
-        stage = _Stage(ctx, name, plan, ckpts, key, started, augment)
+        stage = _Stage(ctx, name, plan, ckpts, key, started, augment, jitted)
         if plan.summary and stage.epoch == 0:
             ctx.log(f"[{name}] {plan.summary}")
         stage.run()

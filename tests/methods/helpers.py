@@ -17,6 +17,7 @@ from lotus_jax.data.sources import digits_dataset
 from lotus_jax.data.splits import make_splits
 from lotus_jax.data.transforms import Preprocess
 from lotus_jax.evaluate import make_eval_fn
+from lotus_jax.models import init_function
 from lotus_jax.methods.supervised import train
 from lotus_jax.train.context import Context
 from lotus_jax.train.optim import optimizer_config
@@ -45,7 +46,7 @@ def make_context(seed: int = 0, devices: int = 1, forget_mode: str = "fraction",
     model = TinyCNN(ds.num_classes)
     prep = Preprocess((0.3,), (0.4,))
     mesh = make_mesh(devices)
-    init = jax.jit(lambda k: model.init({"params": k}, jnp.zeros((1, 8, 8, 1)), train=False))
+    init = init_function(model, jnp.zeros((1, 8, 8, 1)))
     return Context(model=model, prep=prep, dataset=ds, splits=splits, mesh=mesh,
                    eval_fn=make_eval_fn(model, prep, ds.num_classes), init_fn=init, eval_batch_size=256,
                    seed=seed, log=log)

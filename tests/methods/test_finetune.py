@@ -14,6 +14,7 @@ from lotus_jax.data import make_mesh, to_device
 from lotus_jax.data.sources import ArraySource
 from lotus_jax import methods
 from lotus_jax.methods import finetune
+from lotus_jax.models import init_function, jit_init
 from lotus_jax.train.state import create_state
 from tests.methods.helpers import TinyCNN
 
@@ -33,8 +34,7 @@ def tiny_state(decay_and_momentum: bool):
     """A TinyCNN train state (SGD lr 0.1, optionally weight decay 5e-4 and momentum 0.9; never donated, so
     cached) and a host batch with 3 padded rows and 'target' labels = 'label' + 3 mod 10."""
     model = TinyCNN(10)
-    variables = jax.jit(lambda k: model.init({"params": k}, jnp.zeros((1, 8, 8, 1)), train=False))(
-        jax.random.key(0))
+    variables = jit_init(init_function(model, jnp.zeros((1, 8, 8, 1))))(jax.random.key(0))
     tx = (optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9)) if decay_and_momentum
           else optax.sgd(0.1))
     state = create_state(model, variables, tx, make_mesh(1))

@@ -17,6 +17,7 @@ from scipy import integrate
 from lotus_jax import methods
 from lotus_jax.data import make_mesh, to_device
 from lotus_jax.methods import lotus
+from lotus_jax.models import init_function, jit_init
 from lotus_jax.train.context import Context
 from lotus_jax.train.losses import soft_cross_entropy
 from lotus_jax.train.state import create_state, place, variables_of
@@ -119,8 +120,7 @@ def test_retain_subset_is_seeded_sorted_and_sized():
 def _state_and_batch(mesh, tx, n=16):
     """(student state, frozen teacher on the mesh, device batch with 3 padded rows and every 3rd row forget)."""
     model = TinyCNN(10)
-    variables = jax.jit(lambda k: model.init({"params": k}, jnp.zeros((1, 8, 8, 1)), train=False))(
-        jax.random.key(0))
+    variables = jit_init(init_function(model, jnp.zeros((1, 8, 8, 1))))(jax.random.key(0))
     state = create_state(model, variables, tx, mesh)
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8),
