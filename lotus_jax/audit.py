@@ -24,7 +24,7 @@ from lotus_jax.methods import REGISTRY as METHODS
 from lotus_jax.methods import supervised
 from lotus_jax.metrics.audit import audit_summary, logit_confidence
 from lotus_jax.train.context import Context
-from lotus_jax.train.population import PopulationResult, member, population_mesh, run_population
+from lotus_jax.train.population import PopulationResult, member, population_mesh, run_one_by_one, run_population
 from lotus_jax.train.runner import Plan, settings_json, stage_salt
 from lotus_jax.train.state import Variables
 
@@ -119,10 +119,13 @@ class Auditor:
         seeds = member_seeds(self.ctx.seed, name, self.n)
         keys = jax.random.split(jax.random.fold_in(self.key, stage_salt(f"audit/{name}")), self.n)
         ctx = dataclasses.replace(self.ctx, progress_dir=self.dir / "progress")
-        result: PopulationResult = run_population(
-            ctx, name, make_plan, seeds, keys, settings, self.mesh, augment)
+        if self.cfg.audit.get("vmap", True):
+            result: PopulationResult = run_population(ctx, name, make_plan, seeds, keys, settings, self.mesh, augment)
+        else:
+            result = run_one_by_one(ctx, name, make_plan, seeds, keys, settings, self.sharding, augment)
         checkpoint.save(path, result.variables)
-        (self.dir / "progress" / name).rmtree(missing_ok=True)
+        for progress in (name, f"{name}.members"):
+            (self.dir / "progress" / progress).rmtree(missing_ok=True)
         record = {**wanted, "time_s": result.time_s, "time_per_model_s": result.time_s / self.n,
                   "histories": result.histories}
         files.write_json(record_path, record)

@@ -47,8 +47,8 @@ def base_config() -> mlc.ConfigDict:
     c.compat = False  # reproduce the reference code's rounding and JSD form (SPEC §4)
     c.original_checkpoint = placeholder(str)  # start from this orbax checkpoint instead of training
     c.gold_checkpoint = placeholder(str)
-    # Devices on each mesh axis (-1 = the rest); data * fsdp must equal the number of devices. Parameters
-    # and optimizer state of 2**14+ elements are split along fsdp, batches along data and fsdp.
+    # Devices on each mesh axis (-1 = the rest); data * fsdp = all devices (one process: or its first ones).
+    # Parameters and optimizer state of 2**14+ elements are split along fsdp, batches along data and fsdp.
     c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1})
     c.distributed = False  # jax.distributed.initialize() first (multi-host; also when JAX_COORDINATOR_ADDRESS)
 
@@ -106,9 +106,10 @@ def base_config() -> mlc.ConfigDict:
 
     c.eval = mlc.ConfigDict(dict(batch_size=512, jsd_form="textbook", rf_jsd_unseen="val"))
     # The per-example audit (stage `audit`): populations of `models` gold and unlearned models each, trained as
-    # vmapped ensembles from one original (the challenge protocol) or one original per model.
+    # vmapped ensembles (vmap=False: one member after another, each bit for bit its single run) from one
+    # original (the challenge protocol) or one original per model.
     c.audit = mlc.ConfigDict(dict(models=16, methods="lotus,finetune,random_labels,scrub", originals="one",
-                                  mesh_models=1))
+                                  mesh_models=1, vmap=True))
     return c
 
 
@@ -366,6 +367,7 @@ SCHEMA: dict[str, KeyRule] = {
     "audit.methods": NameList(methods.REGISTRY, "method"),
     "audit.originals": OneOf(AUDIT_ORIGINALS),
     "audit.mesh_models": ALL_OR_COUNT,
+    "audit.vmap": FLAG,
 }
 
 

@@ -1,6 +1,7 @@
 """Populations of models trained as one program: N members of one architecture, each with its own seed (data
 order, numpy-seeded choices) and PRNG key, their states stacked on a leading axis and every step `jax.vmap`ped
 over it. The member axis can be laid over a mesh axis (`models`), so many devices train many models at once.
+`run_one_by_one` trains the same members one after another with the single-run runner instead.
 
 A population runs any method unchanged: the method's `plan` is built once per member (with the member's seed
 and key), and the plans are stacked. Member m then reads the batches a single run with its seed reads and gets
@@ -12,7 +13,6 @@ sums, which XLA's batched kernels may change (the last bits of float32). A membe
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,7 +28,7 @@ from lotus_jax.data.pipeline import check_batch_size
 from lotus_jax.errors import ConfigError
 from lotus_jax.train.context import Context
 from lotus_jax.train.resume import StageCheckpoints
-from lotus_jax.train.runner import Phase, Plan, _Stage, settings_json
+from lotus_jax.train.runner import Phase, Plan, _Stage, run, settings_json, step_id
 from lotus_jax.train.state import Variables, variables_of
 
 
@@ -71,13 +71,6 @@ def _same(values: Sequence[Any]) -> bool:
     return all(len(lv) == len(leaves[0]) and all(a is b for a, b in zip(lv, leaves[0])) for lv in leaves[1:])
 
 
-def _step_id(step: Callable) -> Any:
-    """What makes two members' steps the same function: a partial's function and its bound values."""
-    if isinstance(step, functools.partial):
-        return step.func, step.args, tuple(sorted(step.keywords.items()))
-    return step
-
-
 def _population_step(step: Callable, shared: tuple[bool, ...], keyed: bool) -> Callable:
     """`step` vmapped over members; a member with `active` False keeps its state (its update is discarded)."""
     axes = tuple(None if s else 0 for s in shared) + ((0,) if keyed else ())
@@ -100,7 +93,7 @@ class _PopulationStage(_Stage):
         self.members = len(plans)
         self.step_ids: dict[Any, Callable] = {}
         population = dataclasses.replace(plans[0], state=jax.device_put(stack([p.state for p in plans]), sharding))
-        super().__init__(ctx, name, population, ckpts, jax.device_put(keys, sharding), started, augment)
+        super().__init__(ctx, name, population, ckpts, jax.device_put(keys, sharding), started, augment, {})
 
     def _epoch_info(self) -> dict:
         infos = [dict(p.before_epoch(member(self.state, m), self.epoch)) if p.before_epoch else {}
@@ -117,13 +110,13 @@ class _PopulationStage(_Stage):
         phases = []
         for parts in zip(*per_member):
             first = parts[0]
-            if len({_step_id(p.step) for p in parts}) != 1:
+            if len({step_id(p.step) for p in parts}) != 1:
                 raise ValueError(f"{self.name}: members run different steps in phase {first.name!r}")
             shared = tuple(_same([p.args[j] for p in parts]) for j in range(len(first.args)))
             args = tuple(jax.device_put(first.args[j], self.replicated) if s
                          else jax.device_put(stack([p.args[j] for p in parts]), self.sharding)
                          for j, s in enumerate(shared))
-            key = (_step_id(first.step), shared, first.keyed)
+            key = (step_id(first.step), shared, first.keyed)
             step = self.step_ids.setdefault(key, _population_step(first.step, shared, first.keyed))
             if isinstance(first.indices, dict):
                 indices = {k: [p.indices[k] for p in parts] for k in first.indices}
@@ -184,3 +177,26 @@ def run_population(ctx: Context, name: str, make_plan: Callable[[int, Context, j
         return PopulationResult(variables, stage.elapsed(), histories, [p.extra for p in plans])
     finally:
         ckpts.close()
+
+
+def run_one_by_one(ctx: Context, name: str, make_plan: Callable[[int, Context, jax.Array], Plan],
+                   seeds: Sequence[int], keys: jax.Array, settings: Any, sharding: NamedSharding,
+                   augment: bool = False) -> PopulationResult:
+    """The population of `run_population` trained member after member by `runner.run`: member m is bit for bit
+    the single run with seed `seeds[m]` and key `keys[m]`, one compilation serves every member, and each
+    member resumes from its own checkpoints (`<progress>/<name>.members/<m>/`). Returns the stacked variables
+    laid over `sharding` and the summed training time."""
+    seeds = [int(s) for s in seeds]
+    variables, histories, extras, seconds = [], [], [], 0.0
+    jitted: dict[Any, Callable] = {}
+    for m, seed in enumerate(seeds):
+        tag = f"(member {m + 1}/{len(seeds)}) "
+        c = dataclasses.replace(ctx, seed=seed, log=lambda s, tag=tag: ctx.log(tag + s),
+                                progress_dir=None if ctx.progress_dir is None
+                                else ctx.progress_dir / f"{name}.members" / str(m))
+        result = run(c, name, lambda c=c, m=m: make_plan(m, c, keys[m]), settings, keys[m], augment, jitted)
+        variables.append(result.variables)
+        histories.append(result.history)
+        extras.append(result.extra)
+        seconds += result.time_s
+    return PopulationResult(jax.device_put(stack(variables), sharding), seconds, histories, extras)

@@ -1,5 +1,6 @@
-"""Populations: each member computes what a single run with its seed and key computes, members do not
-influence each other, the member axis can be split over devices, and a stopped member keeps its state."""
+"""Populations: each member computes what a single run with its seed and key computes (bit for bit when
+trained one by one), members do not influence each other, the member axis can be split over devices, and a
+stopped member keeps its state."""
 
 import dataclasses
 import threading
@@ -18,7 +19,7 @@ from lotus_jax.data.pipeline import make_mesh
 from lotus_jax.methods import supervised
 from lotus_jax.train import runner
 from lotus_jax.train.optim import optimizer_config
-from lotus_jax.train.population import member, population_mesh, run_population
+from lotus_jax.train.population import member, population_mesh, run_one_by_one, run_population
 from lotus_jax.train.runner import Phase, Plan
 from tests.methods.helpers import make_context
 
@@ -170,3 +171,49 @@ def test_population_of_plans_without_an_optimizer_runs_their_finish(ctx):
                          population_mesh(1))
     assert float(jax.tree.leaves(member(pop.variables, 1))[0].max()) == 1.0
     assert float(jax.tree.leaves(member(pop.variables, 0))[0].max()) == 0.0
+
+
+def test_one_by_one_members_are_bit_for_bit_their_single_runs_and_compile_once(ctx, monkeypatch):
+    # Catches a member trained with another member's seed, key or stage name (a different data order or
+    # init), a population whose members do not end up at their index in the stacked tree, and one that
+    # compiles the step again for every member.
+    keys = jax.random.split(jax.random.key(9), 3)
+    compiled = []
+    real_compile = runner._Stage._compile
+    monkeypatch.setattr(runner._Stage, "_compile", lambda self, step: compiled.append(step) or real_compile(self, step))
+    sharding = NamedSharding(population_mesh(1), P("models"))
+    fresh = dataclasses.replace(ctx, compiled={})  # nothing compiled by the tests before
+    pop = run_one_by_one(fresh, "gold", _train_plan(ctx.splits.retain), SEEDS[:3], keys, CFG, sharding)
+    assert len(compiled) == 1
+    for m in (0, 2):
+        c = dataclasses.replace(ctx, seed=SEEDS[m])
+        single = runner.run(c, "gold", lambda c=c, m=m: _train_plan(c.splits.retain)(m, c, keys[m]), CFG, keys[m])
+        chex.assert_trees_all_equal(member(pop.variables, m), single.variables)
+        assert [h["loss"] for h in pop.histories[m]] == [h["loss"] for h in single.history]
+    assert jax.tree.leaves(pop.variables)[0].sharding == sharding
+
+
+def test_one_by_one_resumes_after_a_stop_request_in_a_later_member(ctx, tmp_path):
+    # Catches members that restart from scratch (or from another member's checkpoint) after a stop: the
+    # finished first member and the interrupted second must end as in an uninterrupted population.
+    keys = jax.random.split(jax.random.key(9), 2)
+    sharding = NamedSharding(population_mesh(1), P("models"))
+    ref = run_one_by_one(ctx, "gold", _train_plan(ctx.splits.retain), SEEDS[:2], keys, CFG, sharding)
+    c = dataclasses.replace(ctx, progress_dir=tmp_path, stop=threading.Event())
+
+    def make(m, cc, k):
+        plan = _train_plan(cc.splits.retain)(m, cc, k)
+
+        def phases(epoch, info, base=plan.phases):
+            if epoch == 1 and m == 1:
+                c.stop.set()  # during member 2's second epoch
+            return base(epoch, info)
+
+        return dataclasses.replace(plan, phases=phases)
+
+    with pytest.raises(runner.Interrupted):
+        run_one_by_one(c, "gold", make, SEEDS[:2], keys, CFG, sharding)
+    assert sorted(p.name for p in (tmp_path / "gold.members").iterdir()) == ["0", "1"]
+    c.stop.clear()
+    resumed = run_one_by_one(c, "gold", _train_plan(c.splits.retain), SEEDS[:2], keys, CFG, sharding)
+    chex.assert_trees_all_equal(ref.variables, resumed.variables)
