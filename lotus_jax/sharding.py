@@ -66,12 +66,15 @@ def make_mesh(data: int | None = -1, fsdp: int | None = 1, devices: Sequence | N
 
 
 def mesh_from_config(mesh_cfg: Any) -> Mesh:
-    """The mesh of a config's `mesh` section {data, fsdp}; data*fsdp must equal the number of devices."""
+    """The mesh of a config's `mesh` section {data, fsdp}. With one process, two explicit sizes may use fewer
+    devices than there are (the first data*fsdp); with several, the mesh must span every device."""
     num = jax.device_count()
     data, fsdp = mesh_shape(mesh_cfg.get("data", -1), mesh_cfg.get("fsdp", 1), num)
-    if data * fsdp != num:
+    if data * fsdp > num or (data * fsdp < num and jax.process_count() > 1):
+        need = "at most" if jax.process_count() == 1 else "exactly (one mesh spans all processes)"
         raise ConfigError(f"mesh data={data} x fsdp={fsdp} = {data * fsdp} devices, but there are {num}; "
-                          f"set --config.mesh.data/--config.mesh.fsdp so the product is {num} (-1 = the rest)")
+                          f"set --config.mesh.data/--config.mesh.fsdp so the product is {need} {num} "
+                          f"(-1 = the rest)")
     return make_mesh(data, fsdp)
 
 

@@ -50,6 +50,7 @@ def test_a_registered_method_runs_end_to_end(tmp_path, register_method):
     register_method("ascent", sys.modules[__name__])  # this file is the method's module
     cfg = get_config()  # configs/default.py (digits), shrunk for speed as in tests/test_main.py
     cfg.model.width = 4
+    cfg.mesh.data = 1  # one of the 8 fake devices: the sharded path has its own tests
     for stage in ("train", "retrain"):
         cfg[stage].epochs = 3
     with cfg.unlocked():

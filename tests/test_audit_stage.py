@@ -25,6 +25,7 @@ SCALARS = ("forget_score", "final_score", "ulira_auc", "ulira_balanced_accuracy"
 def audit_config():
     c = tiny_config()
     c.stages = "train,audit"
+    c.mesh.data = 1  # the population's member axis has its own mesh (audit.mesh_models)
     c.audit.models = 4
     c.audit.methods = "lotus"  # per-member acc_f, tau and stop rule inside the population
     c.lotus.epochs = 2

@@ -121,6 +121,7 @@ def _run_small(name: str, workdir: Path, **overrides) -> dict:
     metrics.json and report.md."""
     cfg = load_config_module(name).get_config("small")
     cfg.methods = RUN_METHODS
+    cfg.mesh.data = 1  # a CPU's one device, not the test session's 8 fake ones
     for key, value in overrides.items():
         *path, leaf = key.split("__")
         section = cfg

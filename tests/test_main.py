@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_config():
     c = get_config()
     c.model.width = 4
+    # Data parallel over 2 of the 8 fake devices: every step all-reduces its gradients as on a real mesh
+    # (8 partitions cost 1.7x the time on 2 cores; tests/test_sharding.py and test_multihost.py cover more).
+    c.mesh.data = 2
     for stage in ("train", "retrain"):
         c[stage].epochs = 3
     c.lotus.epochs = 2

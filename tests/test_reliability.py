@@ -35,6 +35,7 @@ def get_config(variant=""):
     c.model.variant = "Ti/4"
     c.model.num_layers, c.model.hidden_size, c.model.num_heads, c.model.mlp_dim = 1, 32, 2, 64
     c.train.epochs = c.retrain.epochs = 2
+    c.mesh.data = 1  # one of the test session's 8 fake devices
     c.methods = "lotus"
     c.lotus.epochs = 6
     c.lotus.batch_size = 8
@@ -187,7 +188,7 @@ def test_same_seed_twice_is_bit_identical(trained, tmp_path):
 @pytest.mark.parametrize("extra,message", [
     (["--config.data.forget.mode=ids", "--config.data.forget.ids_file={ids}"], "out of range; valid ids are 0..1257"),
     (["--config.data.forget.mode=class", "--config.data.forget.classes=12"], "do not exist"),
-    (["--config.lotus.batch_size=12"], "not a positive multiple of the 8 data-parallel devices"),
+    (["--config.mesh.data=-1", "--config.lotus.batch_size=12"], "not a positive multiple of the 8 data-parallel devices"),
     (["--config.stages=unlearn", "--config.original_checkpoint={ckpt}", "--config.model.hidden_size=48"],
      "expects"),
 ])

@@ -59,7 +59,9 @@ def test_mesh_from_config_resolves_and_validates():
     mesh = sharding.mesh_from_config(mlc.ConfigDict({"data": -1, "fsdp": 2}))
     assert dict(mesh.shape) == {"data": 4, "fsdp": 2}
     assert dict(sharding.mesh_from_config(mlc.ConfigDict({"data": -1, "fsdp": 1})).shape) == {"data": 8, "fsdp": 1}
-    for data, fsdp in [(2, 2), (-1, 3), (-1, -1), (0, 8)]:
+    # Explicit sizes may use the first devices on one process (tests run whole jobs on one of the 8).
+    assert dict(sharding.mesh_from_config(mlc.ConfigDict({"data": 2, "fsdp": 2})).shape) == {"data": 2, "fsdp": 2}
+    for data, fsdp in [(4, 4), (-1, 3), (-1, -1), (0, 8)]:
         with pytest.raises(ConfigError) as e:
             sharding.mesh_from_config(mlc.ConfigDict({"data": data, "fsdp": fsdp}))
         assert "\n" not in str(e.value)

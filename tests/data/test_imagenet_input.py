@@ -131,6 +131,7 @@ def imagenet_dir(tmp_path_factory):
 def _small_config(name: str, data_dir) -> mlc.ConfigDict:
     c = get_config("small")
     c.data.name, c.data.data_dir = name, str(data_dir)
+    c.mesh.data = 1  # one of the test session's 8 fake devices
     c.data.forget.per_class, c.data.forget.retain_per_class = 1, 3
     c.data.decode_workers = 2
     c.model.num_layers, c.model.hidden_size, c.model.num_heads, c.model.mlp_dim = 1, 16, 2, 32

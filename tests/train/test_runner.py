@@ -158,6 +158,7 @@ def test_in_main_a_method_failing_mid_epoch_is_recorded_and_the_others_still_run
     with cfg.unlocked():
         cfg.exploding = exploding.default_config()
     cfg.stages = "train,unlearn"
+    cfg.mesh.data = 1  # one of the test session's 8 fake devices
     cfg.train.epochs = 1
     cfg.methods = "exploding,finetune"
     cfg.finetune.epochs, cfg.finetune.batch_size = 1, 64
