@@ -42,6 +42,9 @@ def base_config() -> mlc.ConfigDict:
     c.seed = 3407
     c.seeds = ""  # e.g. "3407,13,12": the whole comparison per seed, reported as mean ± std
     c.stages = DEFAULT_STAGES
+    # Epoch checkpoints (what a rerun resumes from) at most this often; 0: after every epoch. The last epoch and a
+    # stop request always write one. Epochs shorter than a checkpoint write (small data) are not all saved.
+    c.checkpoint_every_s = 30.0
     c.methods = ",".join(methods.REGISTRY.names())
     c.dtype = "float32"
     c.compat = False  # reproduce the reference code's rounding and JSD form (SPEC §4)
@@ -294,6 +297,7 @@ SCHEMA: dict[str, KeyRule] = {
     "seed": SEED,
     "seeds": Rule(_seed_list, f"comma-separated distinct integers in [0, {MAX_SEED}] (or empty)"),
     "stages": NameList(STAGES, "stage"),
+    "checkpoint_every_s": NON_NEGATIVE,
     "methods": NameList(methods.REGISTRY, "method"),
     "dtype": OneOf(DTYPES),
     "compat": FLAG,

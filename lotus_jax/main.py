@@ -94,7 +94,7 @@ def save_config(workdir: epath.Path, cfg) -> None:
 def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[str, Any]:
     """Runs the configured stages in `workdir`; returns the metrics (when evaluated).
 
-    Every training/unlearning stage writes a checkpoint at the end of each epoch under `workdir/progress/`
+    Every training/unlearning stage writes epoch checkpoints (`cfg.checkpoint_every_s`) under `workdir/progress/`
     (and when `stop` is set, after the current step), so rerunning the same command continues exactly.
     """
     workdir = epath.Path(workdir)
@@ -121,6 +121,7 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
     ctx = Context(model=model, prep=prep, dataset=dataset, splits=splits, mesh=mesh,
                   eval_fn=make_eval_fn(model, prep, dataset.num_classes), init_fn=init,
                   eval_batch_size=cfg.eval.batch_size, seed=cfg.seed, log=log, progress_dir=workdir / "progress",
+                  checkpoint_every_s=float(cfg.checkpoint_every_s),
                   stop=stop or threading.Event(), skip_corrupt=bool(cfg.data.get("skip_corrupt", False)),
                   data_threads=int(cfg.data.get("decode_workers", -1)),
                   unlearn_augment=bool(cfg.data.get("unlearn_augment", False)))

@@ -36,6 +36,7 @@ def get_config(variant=""):
     c.model.num_layers, c.model.hidden_size, c.model.num_heads, c.model.mlp_dim = 1, 32, 2, 64
     c.train.epochs = c.retrain.epochs = 2
     c.mesh.data = 1  # one of the test session's 8 fake devices
+    c.checkpoint_every_s = 0  # a checkpoint after every epoch: a kill mid-run resumes from one
     c.methods = "lotus"
     c.lotus.epochs = 6
     c.lotus.batch_size = 8
@@ -90,6 +91,21 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path):
     # Epoch 2 was run again from the checkpoint of epoch 1, to the same result.
     chex.assert_trees_all_equal(jax.device_get(res.variables), jax.device_get(ref.variables))
     assert _without_time(res.history) == _without_time(ref.history)
+
+
+def test_epoch_checkpoints_at_most_every_checkpoint_every_s_but_always_the_last(tmp_path):
+    # Catches an interval that is ignored (a checkpoint per epoch), one that also skips the last epoch (a rerun
+    # would train the finished stage again), and a resume that is not exact from the last epoch saved.
+    ref = _toy_run(None, epochs=3)
+    ctx = toy_context(progress_dir=tmp_path, checkpoint_every_s=1e9)
+    res = runner.run(ctx, "toy", lambda: regression_plan(3), {"epochs": 3}, jax.random.key(0))
+    chex.assert_trees_all_equal(jax.device_get(res.variables), jax.device_get(ref.variables))
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir() if p.name.isdigit()) == ["0"]  # epoch 3 only
+    logs = []
+    again = runner.run(toy_context(progress_dir=tmp_path, checkpoint_every_s=1e9, log=logs.append), "toy",
+                       lambda: regression_plan(3), {"epochs": 3}, jax.random.key(0))
+    assert any("resuming: epoch 4" in line for line in logs), logs  # nothing left to train
+    chex.assert_trees_all_equal(jax.device_get(again.variables), jax.device_get(ref.variables))
 
 
 def test_nan_stops_the_stage_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -38,6 +38,7 @@ class Context:
     seed: int
     log: Log = print
     progress_dir: Path | None = None  # per-stage epoch checkpoints (None: none are written)
+    checkpoint_every_s: float = 0.0  # epoch checkpoints at most this often (0: every epoch; always the last)
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)  # set by SIGINT/SIGTERM
     skip_corrupt: bool = False  # corrupt images become masked rows (counted) instead of stopping the run
     data_threads: int = -1  # host threads reading and decoding examples (-1: all cores)

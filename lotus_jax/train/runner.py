@@ -168,6 +168,7 @@ class _Stage:
         self.elapsed_before = pos.get("elapsed_s", 0.0)
         # A resumed stage counts the time saved with its checkpoint, not the set-up repeated before the restore.
         self.clock = time.perf_counter() if pos else started
+        self.saved_at = time.perf_counter()  # the last checkpoint (or the start): epochs save at most so often
         self.epoch_seconds: list[float] = []  # this session's epochs, for the ETA
         if pos:
             ctx.log(f"[{name}] resuming: epoch {self.epoch + 1}, {len(self.phase_results)} phase(s) and "
@@ -177,6 +178,7 @@ class _Stage:
         return self.elapsed_before + time.perf_counter() - self.clock - self.ckpts.saving_s
 
     def save(self, phase: int = 0, steps_done: int = 0, partial: dict | None = None) -> None:
+        self.saved_at = time.perf_counter()
         self.ckpts.save(self.state, {"epoch": self.epoch, "phase": phase, "steps_done": steps_done,
                                      "partial": partial or {}, "phase_results": self.phase_results,
                                      "epoch_info": self.info, "history": self.history,
@@ -205,7 +207,9 @@ class _Stage:
             self.history.append({"epoch": self.epoch + 1, **record, "seconds": sec})
             self.epoch += 1
             self.info, self.phase_results = None, []
-            self.save()
+            if (self.epoch == plan.epochs or ctx.stop.is_set()
+                    or time.perf_counter() - self.saved_at >= ctx.checkpoint_every_s):
+                self.save()
             self.epoch_seconds.append(sec)
             eta = _eta(self.epoch_seconds, plan.epochs - self.epoch)
             ctx.log(f"[{self.name}] epoch {self.epoch}/{plan.epochs}  {_format(record)}  {sec:.1f}s  "
