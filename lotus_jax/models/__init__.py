@@ -76,11 +76,11 @@ def build_model(model_cfg: Any, num_classes: int, dtype: Any) -> nn.Module:
 
 
 __all__ = [
-    "Conv",
     "MODEL_NAMES",
     "REGISTRY",
-    "ResNet18",
     "VIT_VARIANTS",
+    "Conv",
+    "ResNet18",
     "ViT",
     "build_model",
     "init_compiler_options",

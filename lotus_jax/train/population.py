@@ -183,18 +183,28 @@ def run_one_by_one(ctx: Context, name: str, make_plan: Callable[[int, Context, j
                    seeds: Sequence[int], keys: jax.Array, settings: Any, sharding: NamedSharding,
                    augment: bool = False) -> PopulationResult:
     """The population of `run_population` trained member after member by `runner.run`: member m is bit for bit
-    the single run with seed `seeds[m]` and key `keys[m]`, one compilation serves every member, and each
-    member resumes from its own checkpoints (`<progress>/<name>.members/<m>/`). Returns the stacked variables
-    laid over `sharding` and the summed training time."""
+    the single run with seed `seeds[m]` and key `keys[m]`, one compilation (`ctx.compiled`) serves every
+    member, and each member resumes from its own checkpoints (`<progress>/<name>.members/<m>/`). Returns the
+    stacked variables laid over `sharding` and the summed training time."""
     seeds = [int(s) for s in seeds]
     variables, histories, extras, seconds = [], [], [], 0.0
-    jitted: dict[Any, Callable] = {}
+    structures: list = []
+
+    def plan_of(m: int, c: Context) -> Plan:
+        # Each member's plan builds its own optimizer, equal to member 0's but another object: a static part of
+        # the state's tree, which would make jit compile the step again. Member 0's tree structure is used.
+        plan = make_plan(m, c, keys[m])
+        if not structures:
+            structures.append(jax.tree.structure(plan.state))
+            return plan
+        return dataclasses.replace(plan, state=jax.tree.unflatten(structures[0], jax.tree.leaves(plan.state)))
+
     for m, seed in enumerate(seeds):
         tag = f"(member {m + 1}/{len(seeds)}) "
         c = dataclasses.replace(ctx, seed=seed, log=lambda s, tag=tag: ctx.log(tag + s),
                                 progress_dir=None if ctx.progress_dir is None
                                 else ctx.progress_dir / f"{name}.members" / str(m))
-        result = run(c, name, lambda c=c, m=m: make_plan(m, c, keys[m]), settings, keys[m], augment, jitted)
+        result = run(c, name, lambda c=c, m=m: plan_of(m, c), settings, keys[m], augment)
         variables.append(result.variables)
         histories.append(result.history)
         extras.append(result.extra)

@@ -153,7 +153,7 @@ class _Stage:
     def __init__(self, ctx: Context, name: str, plan: Plan, ckpts: StageCheckpoints, key: jax.Array,
                  started: float, augment: bool, jitted: dict[Any, Callable] | None = None) -> None:
         self.ctx, self.name, self.plan, self.ckpts, self.key = ctx, name, plan, ckpts, key
-        # Compiled steps by step_id, shared with the other stages of the run (or those passing one `jitted`).
+        # Compiled steps by step_id: the run's (ctx.compiled), or the stage's own (a population's vmapped steps).
         self.jitted: dict[Any, Callable] = ctx.compiled if jitted is None else jitted
         # Training augmentation of every batch's images before the step (unlearning through the train transform).
         self.augment = (self.jitted.setdefault(("augment", ctx.prep), jax.jit(ctx.prep.augment_images))
@@ -353,18 +353,18 @@ def _augment_batch(augment: Callable, batch: dict, key: jax.Array, fold: Callabl
 
 
 def run(ctx: Context, name: str, make_plan: Callable[[], Plan], settings: Any, key: jax.Array,
-        augment: bool = False, jitted: dict[Any, Callable] | None = None) -> MethodResult:
+        augment: bool = False) -> MethodResult:
     """Builds the plan (its set-up is timed), restores the newest checkpoint of stage `name`, runs the epochs
     and returns the final variables with the time, history and the plan's extras. With `augment`, every
     training batch goes through the data's training augmentation first (`Preprocess.augment_images`).
-    Compiled steps are kept in `jitted` (default: `ctx.compiled`), so runs of the same step compile it once."""
+    Compiled steps are kept in `ctx.compiled`, so runs of the same step compile it once."""
     started = time.perf_counter()
     plan = make_plan()
     check_batch_size(plan.batch_size, ctx.mesh)
     directory = None if ctx.progress_dir is None else Path(ctx.progress_dir) / name
     ckpts = StageCheckpoints(name, directory, settings_json(settings), ctx.log)
     try:
-        stage = _Stage(ctx, name, plan, ckpts, key, started, augment, jitted)
+        stage = _Stage(ctx, name, plan, ckpts, key, started, augment)
         if plan.summary and stage.epoch == 0:
             ctx.log(f"[{name}] {plan.summary}")
         stage.run()
