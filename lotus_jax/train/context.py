@@ -43,8 +43,8 @@ class Context:
     skip_corrupt: bool = False  # corrupt images become masked rows (counted) instead of stopping the run
     data_threads: int = -1  # host threads reading and decoding examples (-1: all cores)
     unlearn_augment: bool = False  # unlearning batches go through the training augmentation (as the reference)
-    # Compiled steps by runner.step_id, filled by the runner: stages running the same step (original and gold
-    # training) compile it once. Contexts derived with dataclasses.replace share it.
+    # Compiled steps by runner.step_id, filled by the runner: stages running the same step on states of one tree
+    # structure (a population's members one by one) compile it once. Contexts made by dataclasses.replace share it.
     compiled: dict = dataclasses.field(default_factory=dict)
 
     @property
