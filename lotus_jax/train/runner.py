@@ -156,8 +156,8 @@ class _Stage:
         # Compiled steps by step_id: the run's (ctx.compiled), or the stage's own (a population's vmapped steps).
         self.jitted: dict[Any, Callable] = ctx.compiled if jitted is None else jitted
         # Training augmentation of every batch's images before the step (unlearning through the train transform).
-        self.augment = (self.jitted.setdefault(("augment", ctx.prep), jax.jit(ctx.prep.augment_images))
-                        if augment and ctx.prep.augment != "none" else None)
+        self.augment = self._jitted(("augment", ctx.prep), lambda: jax.jit(ctx.prep.augment_images)) if (
+            augment and ctx.prep.augment != "none") else None
         self.state, pos = ckpts.restore(plan.state)
         pos = pos or {}
         self.epoch: int = pos.get("epoch", 0)
@@ -173,6 +173,12 @@ class _Stage:
         if pos:
             ctx.log(f"[{name}] resuming: epoch {self.epoch + 1}, {len(self.phase_results)} phase(s) and "
                     f"{pos.get('steps_done', 0)} step(s) of it done")
+
+    def _jitted(self, key: Any, make: Callable[[], Callable]) -> Callable:
+        """The jitted function kept under `key`, made (once) by `make`."""
+        if key not in self.jitted:
+            self.jitted[key] = make()
+        return self.jitted[key]
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.clock - self.ckpts.saving_s
@@ -293,9 +299,7 @@ class _Stage:
             start, partial = self.resume_at[1], self.resume_at[2]
             collected = [dict(zip(partial, vals)) for vals in zip(*partial.values())] if partial else []
         self.resume_at = (-1, 0, {})
-        step = self.jitted.get(step_id(phase.step))
-        if step is None:
-            step = self.jitted[step_id(phase.step)] = self._compile(phase.step)
+        step = self._jitted(step_id(phase.step), lambda: self._compile(phase.step))
         key = self._fold(self._fold(self.key, self.epoch), index)
         batches, total = self._batches(phase, index, start)
         pending: dict | None = None
