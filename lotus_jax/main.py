@@ -39,6 +39,7 @@ from lotus_jax.models import build_model, init_function
 from lotus_jax.sharding import initialize_distributed, mesh_from_config
 from lotus_jax.train.context import Context
 from lotus_jax.train.runner import Interrupted, NonFiniteError
+from lotus_jax.train.state import all_finite
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.py"  # inside the package
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -116,7 +117,9 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
     except ValueError as e:  # e.g. an unknown ViT variant
         raise ConfigError(str(e)) from None
     prep = preprocess_from_config(cfg.data, cfg.model)
-    dummy = prep(jnp.zeros((1, *dataset.train.image_shape), jnp.uint8))
+    # The model's input: shape and dtype of one preprocessed image (traced, not computed).
+    spec = jax.eval_shape(prep, jax.ShapeDtypeStruct((1, *dataset.train.image_shape), jnp.uint8))
+    dummy = np.zeros(spec.shape, spec.dtype)
     init = init_function(model, dummy)
     ctx = Context(model=model, prep=prep, dataset=dataset, splits=splits, mesh=mesh,
                   eval_fn=make_eval_fn(model, prep, dataset.num_classes), init_fn=init,
@@ -242,7 +245,7 @@ def run_method(ctx: Context, name: str, original: dict, mcfg, key: jax.Array, ck
         log(f"[{name}] failed: {reason}")
         return {"failed": reason}
     record = {"time_s": result.time_s, "history": result.history, **result.extra}
-    if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(result.variables)):
+    if not bool(all_finite(result.variables)):
         record["failed"] = "non-finite parameters after unlearning (diverged)"
         log(f"[{name}] failed: {record['failed']}")
         return record

@@ -58,10 +58,20 @@ def importance(ctx: Context, accumulate: Callable, variables: Variables, indices
                ) -> Any:
     """Mean over unshuffled batches of `indices` of the squared batch-mean-loss gradients."""
     # On the mesh like the gradients it accumulates: the step then compiles once, not again after its first call.
-    total = place(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), variables["params"]), ctx.mesh)
+    total = place(_zeros_f32(variables["params"]), ctx.mesh)
     total = fold_batches(ctx, accumulate, total, indices, batch_size, variables)
-    n = max(-(-len(indices) // batch_size), 1)
-    return jax.tree.map(lambda t: t / n, total)
+    return _divide(total, jnp.float32(max(-(-len(indices) // batch_size), 1)))
+
+
+@jax.jit
+def _zeros_f32(tree: Any) -> Any:
+    """float32 zeros shaped like every leaf of `tree` (one program, not one per leaf shape)."""
+    return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), tree)
+
+
+@jax.jit
+def _divide(tree: Any, n: jax.Array) -> Any:
+    return jax.tree.map(lambda t: t / n, tree)
 
 
 def dampen(params: Any, imp_forget: Any, imp_full: Any, alpha: float, lam: float) -> tuple[Any, jax.Array]:

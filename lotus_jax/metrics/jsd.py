@@ -11,6 +11,8 @@ Masked rows contribute nothing; with no valid row the value is NaN.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -26,6 +28,7 @@ def _kl_rows(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(pos, a * (jnp.log(a_safe) - jnp.log(b_safe)), 0.0), axis=-1)
 
 
+@jax.jit
 def js_divergence_rows(p: jax.Array, q: jax.Array) -> jax.Array:
     """Per-row JS(p_i, q_i) = 0.5 KL(p_i || m_i) + 0.5 KL(q_i || m_i), m = (p + q) / 2; in [0, ln 2]."""
     p = jnp.asarray(p, jnp.float32)
@@ -40,6 +43,7 @@ def _valid_mask(p: jax.Array, mask: jax.Array | None) -> jax.Array:
     return jnp.asarray(mask).astype(bool)
 
 
+@functools.partial(jax.jit, static_argnames="form")
 def jsd(
     p: jax.Array, q: jax.Array, mask: jax.Array | None = None, form: str = "textbook"
 ) -> jax.Array:
@@ -76,6 +80,7 @@ def class_means(prob_sums: jax.Array, counts: jax.Array) -> jax.Array:
     return jnp.where((counts > 0)[:, None], prob_sums / denom[:, None], 0.0)
 
 
+@functools.partial(jax.jit, static_argnames="form")
 def rf_jsd(
     p_sums: jax.Array,
     p_counts: jax.Array,

@@ -31,6 +31,13 @@ def variables_of(state: TrainState) -> Variables:
     return v
 
 
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    """True when no leaf of `tree` holds a NaN or an infinity: one program per tree structure, on device
+    (sharded leaves are never gathered to a host)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or [jnp.bool_(True)]))
+
+
 def place(tree: Any, mesh: Mesh) -> Any:
     """Places every leaf of `tree` on `mesh` by the FSDP rule (`sharding.partition_spec`): large arrays split
     along `fsdp`, the rest replicated (everything replicated when fsdp=1). Leaves already placed so are kept."""
