@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from lotus_jax.models.batchnorm import BatchNorm
 from lotus_jax.models.conv import Conv
 from lotus_jax.models.pooling import max_pool_3x3_s2
 
@@ -23,16 +24,9 @@ BN_MOMENTUM = 0.9  # flax keeps `momentum` of the old value: torch momentum 0.1.
 BN_EPSILON = 1e-5
 
 
-def _batch_norm(name: str, train: bool, dtype: Any) -> nn.BatchNorm:
+def _batch_norm(name: str, train: bool, dtype: Any) -> BatchNorm:
     """BatchNorm with torch's defaults; batch statistics in train mode, running averages otherwise."""
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
-        dtype=dtype,
-        use_fast_variance=False,
-        name=name,
-    )
+    return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name)
 
 
 class BasicBlock(nn.Module):
