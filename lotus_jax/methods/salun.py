@@ -40,7 +40,7 @@ from lotus_jax.methods.random_labels import wrong_labels
 from lotus_jax.train.context import Context
 from lotus_jax.train.optim import make_optimizer, optimizer_config
 from lotus_jax.train.runner import Phase, Plan, fold_batches
-from lotus_jax.train.state import Variables, create_state, place
+from lotus_jax.train.state import Variables, create_state, divide_tree, place, zeros_like_tree
 
 def default_config() -> mlc.ConfigDict:
     """SPEC §5: top 10% mask, SGD lr 1e-3, momentum 0.9, weight decay 5e-4; 10 epochs (ResNet-18), batch 128."""
@@ -64,10 +64,9 @@ def forget_gradient(ctx: Context, variables: Variables, batch_size: int) -> Any:
         return jax.tree.map(jnp.add, acc, jax.grad(loss)(v["params"]))
 
     variables = place(variables, ctx.mesh)
-    acc = place(jax.tree.map(jnp.zeros_like, variables["params"]), ctx.mesh)
+    acc = place(zeros_like_tree(variables["params"]), ctx.mesh)
     acc = fold_batches(ctx, jax.jit(grad_sum, donate_argnums=0), acc, ctx.splits.forget, batch_size, variables)
-    n = max(len(ctx.splits.forget), 1)
-    return jax.tree.map(lambda g: g / n, acc)
+    return divide_tree(acc, jnp.float32(max(len(ctx.splits.forget), 1)))
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -35,7 +35,7 @@ import numpy as np
 from lotus_jax.train.context import Context
 from lotus_jax.train.losses import cross_entropy
 from lotus_jax.train.runner import Plan, fold_batches
-from lotus_jax.train.state import Variables, place
+from lotus_jax.train.state import Variables, divide_tree, place, zeros_like_tree
 
 def default_config() -> mlc.ConfigDict:
     """SPEC §5: alpha (selection weighting) 10, lambda (dampening constant) 1; batch 128."""
@@ -58,20 +58,9 @@ def importance(ctx: Context, accumulate: Callable, variables: Variables, indices
                ) -> Any:
     """Mean over unshuffled batches of `indices` of the squared batch-mean-loss gradients."""
     # On the mesh like the gradients it accumulates: the step then compiles once, not again after its first call.
-    total = place(_zeros_f32(variables["params"]), ctx.mesh)
+    total = place(zeros_like_tree(variables["params"], jnp.float32), ctx.mesh)
     total = fold_batches(ctx, accumulate, total, indices, batch_size, variables)
-    return _divide(total, jnp.float32(max(-(-len(indices) // batch_size), 1)))
-
-
-@jax.jit
-def _zeros_f32(tree: Any) -> Any:
-    """float32 zeros shaped like every leaf of `tree` (one program, not one per leaf shape)."""
-    return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), tree)
-
-
-@jax.jit
-def _divide(tree: Any, n: jax.Array) -> Any:
-    return jax.tree.map(lambda t: t / n, tree)
+    return divide_tree(total, jnp.float32(max(-(-len(indices) // batch_size), 1)))
 
 
 def dampen(params: Any, imp_forget: Any, imp_full: Any, alpha: float, lam: float) -> tuple[Any, jax.Array]:

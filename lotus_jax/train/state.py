@@ -3,6 +3,7 @@ pass that keeps BatchNorm statistics to the valid rows of a padded batch."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -36,6 +37,19 @@ def all_finite(tree: Any) -> jax.Array:
     """True when no leaf of `tree` holds a NaN or an infinity: one program per tree structure, on device
     (sharded leaves are never gathered to a host)."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or [jnp.bool_(True)]))
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def zeros_like_tree(tree: Any, dtype: Any = None) -> Any:
+    """Zeros shaped like every leaf of `tree` (in `dtype`, else each leaf's): one program for the whole tree,
+    where a `tree.map` of eager `zeros_like` compiles one per leaf shape."""
+    return jax.tree.map(lambda x: jnp.zeros(x.shape, dtype or x.dtype), tree)
+
+
+@jax.jit
+def divide_tree(tree: Any, n: jax.Array) -> Any:
+    """Every leaf of `tree` divided by the scalar `n` (one program)."""
+    return jax.tree.map(lambda x: x / n, tree)
 
 
 def place(tree: Any, mesh: Mesh) -> Any:

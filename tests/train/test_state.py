@@ -1,11 +1,11 @@
-"""`all_finite`: one on-device check of a whole parameter tree."""
+"""Whole-tree helpers of the train state: `all_finite`, `zeros_like_tree`, `divide_tree` (one program each)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lotus_jax.train.state import all_finite
+from lotus_jax.train.state import all_finite, divide_tree, zeros_like_tree
 
 
 def tree(bad_leaf=None, value=np.nan):
@@ -37,3 +37,19 @@ def test_sharded_leaves_are_checked_on_the_mesh():
     sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
     assert bool(all_finite({"w": sharded})) is False
     assert bool(all_finite({"w": jnp.ones((8, 4))})) is True
+
+
+def test_zeros_like_tree_keeps_shapes_and_each_leafs_dtype_unless_told():
+    # Catches a dtype override applied when none was asked (bf16 leaves would become float32) or ignored.
+    t = {"w": np.ones((2, 3), np.float32), "h": jnp.ones((4,), jnp.bfloat16), "n": [np.ones((), np.int32)]}
+    zeros = zeros_like_tree(t)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), zeros) == jax.tree.map(lambda x: (x.shape, x.dtype), t)
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(zeros))
+    assert {x.dtype for x in jax.tree.leaves(zeros_like_tree(t, jnp.float32))} == {jnp.dtype(jnp.float32)}
+
+
+def test_divide_tree_divides_every_leaf():
+    t = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": [np.float32(7.0)]}
+    out = divide_tree(t, jnp.float32(4.0))
+    np.testing.assert_array_equal(out["a"], t["a"] / np.float32(4.0))
+    assert float(out["b"][0]) == 1.75
