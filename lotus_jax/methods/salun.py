@@ -84,6 +84,12 @@ def top_fraction_mask(scores: Any, k: int) -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
+@jax.jit
+def count_true(mask: Any) -> jax.Array:
+    """Number of True entries over all leaves of a boolean pytree (one program)."""
+    return sum(jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(mask))
+
+
 def saliency_mask(ctx: Context, variables: Variables, fraction: float, batch_size: int) -> Any:
     """SalUn's weight-saliency mask: the top `fraction` of parameters by |forget-loss gradient|, globally."""
     if not 0.0 <= fraction <= 1.0:
@@ -100,7 +106,7 @@ def plan(ctx: Context, original: Variables, cfg, key: jax.Array) -> Plan:
     forget, retain = ctx.splits.forget, ctx.splits.retain
     labels = ctx.dataset.train.labels
     mask = saliency_mask(ctx, original, float(cfg.mask_fraction), cfg.batch_size)
-    masked = int(sum(int(jnp.sum(m)) for m in jax.tree.leaves(mask)))
+    masked = int(count_true(mask))
     total = int(sum(m.size for m in jax.tree.leaves(mask)))
     indices = np.concatenate([forget, retain])
     targets = np.concatenate([wrong_labels(labels[forget], ctx.num_classes, np.random.default_rng([ctx.seed, 41])),
