@@ -1,4 +1,4 @@
-"""The phase-decomposed 3x3/2 max-pool: flax's `max_pool` values bit for bit, its gradients to the last bit of
+"""The 3x3/2 max-pool as two 1-D pools: flax's `max_pool` values bit for bit, its gradients to the last bit of
 sums (an input that is the maximum of several windows adds their gradients in another order)."""
 
 import chex
@@ -20,9 +20,10 @@ def _value_and_grad(pool, x, weights):
 
 
 class MaxPoolTest(chex.TestCase):
-    # Catches a wrong phase offset or interleave (values or gradients at other positions), a gradient split
+    # Catches a wrong even/odd offset or interleave (values or gradients at other positions), a gradient split
     # among tied maxima or given to the last of them instead of the first in row-major order (reduce_window's
-    # rule), and a gradient that forgets the -inf padding (edge windows).
+    # rule; pooling rows before columns breaks it too), a lost gradient from the next window, and a gradient
+    # that forgets the -inf padding (edge windows).
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters((8, 8), (6, 10), (2, 2), (7, 8), (5, 5))
     def test_values_and_gradients_equal_reduce_window(self, h, w):
