@@ -13,6 +13,7 @@ sums, which XLA's batched kernels may change (the last bits of float32). A membe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -91,7 +92,6 @@ class _PopulationStage(_Stage):
         self.plans, self.seeds, self.sharding = plans, seeds, sharding
         self.replicated = NamedSharding(sharding.mesh, P())  # what all members share (a teacher)
         self.members = len(plans)
-        self.step_ids: dict[Any, Callable] = {}
         population = dataclasses.replace(plans[0], state=jax.device_put(stack([p.state for p in plans]), sharding))
         super().__init__(ctx, name, population, ckpts, jax.device_put(keys, sharding), started, augment, {})
 
@@ -117,7 +117,7 @@ class _PopulationStage(_Stage):
                          else jax.device_put(stack([p.args[j] for p in parts]), self.sharding)
                          for j, s in enumerate(shared))
             key = (step_id(first.step), shared, first.keyed)
-            step = self.step_ids.setdefault(key, _population_step(first.step, shared, first.keyed))
+            step = self._jitted(key, functools.partial(_population_step, first.step, shared, first.keyed))
             if isinstance(first.indices, dict):
                 indices = {k: [p.indices[k] for p in parts] for k in first.indices}
             else:
