@@ -5,8 +5,8 @@ over it. The member axis can be laid over a mesh axis (`models`), so many device
 
 A population runs any method unchanged: the method's `plan` is built once per member (with the member's seed
 and key), and the plans are stacked. Member m then reads the batches a single run with its seed reads and gets
-the keys a single run with its key gets, so it computes what that run computes — up to the order of float
-sums, which XLA's batched kernels may change (the last bits of float32). A member whose epoch hook says
+the keys a single run with its key gets, so it computes what that run computes, up to the last bits of float32
+where XLA's batched kernels round otherwise (docs/definitions.md says where). A member whose epoch hook says
 `stopped` (LoTUS's stop rule) keeps its state while the others go on.
 """
 
@@ -73,15 +73,14 @@ def _same(values: Sequence[Any]) -> bool:
 
 
 def _population_step(step: Callable, shared: tuple[bool, ...], keyed: bool) -> Callable:
-    """`step` vmapped over members; a member with `active` False keeps its state (its update is discarded)."""
+    """`step` vmapped over the members of a stacked state; arguments flagged in `shared` are the same for all."""
     axes = tuple(None if s else 0 for s in shared) + ((0,) if keyed else ())
+    return jax.vmap(step, in_axes=(0, 0, *axes))
 
-    def run(state: Any, batch: dict, active: jax.Array, *args: Any) -> tuple[Any, dict]:
-        new, metrics = jax.vmap(step, in_axes=(0, 0, *axes))(state, batch, *args)
-        keep = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)  # noqa: E731
-        return jax.tree.map(keep, new, state), metrics
 
-    return run
+def _put_back(state: Any, kept: Any, rows: jax.Array) -> Any:
+    """`state` with members `rows` replaced by `kept` (their states when they stopped)."""
+    return jax.tree.map(lambda x, k: x.at[rows].set(k), state, kept)
 
 
 class _PopulationStage(_Stage):
@@ -92,6 +91,7 @@ class _PopulationStage(_Stage):
         self.plans, self.seeds, self.sharding = plans, seeds, sharding
         self.replicated = NamedSharding(sharding.mesh, P())  # what all members share (a teacher)
         self.members = len(plans)
+        self.stopped: tuple[jax.Array, Any] | None = None  # (rows, their states) of stopped members this epoch
         population = dataclasses.replace(plans[0], state=jax.device_put(stack([p.state for p in plans]), sharding))
         super().__init__(ctx, name, population, ckpts, jax.device_put(keys, sharding), started, augment, {})
 
@@ -104,9 +104,14 @@ class _PopulationStage(_Stage):
         infos = self.info["members"]
         active = [not i.get("stopped", False) for i in infos]
         running = active.index(True)
-        # A stopped member runs the phases of a running one; its updates are discarded.
+        # A stopped member runs the phases of a running one; after every step its state is put back (in a
+        # program of its own: a selection fused into the step would change how XLA rounds the others' updates).
         per_member = [p.phases(self.epoch, infos[m] if active[m] else infos[running]) for m, p in enumerate(self.plans)]
-        mask = jax.device_put(jnp.asarray(active), self.sharding)
+        rows = np.flatnonzero(~np.asarray(active))
+        self.stopped = None
+        if len(rows):
+            take = self._jitted(("population-take",), lambda: jax.jit(lambda s, r: jax.tree.map(lambda x: x[r], s)))
+            self.stopped = (jnp.asarray(rows), take(self.state, jnp.asarray(rows)))
         phases = []
         for parts in zip(*per_member):
             first = parts[0]
@@ -123,9 +128,15 @@ class _PopulationStage(_Stage):
             else:
                 indices = [p.indices for p in parts]
             extra = None if first.extra is None else [p.extra for p in parts]
-            phases.append(Phase(first.name, step, indices, args=(mask, *args), extra=extra, shuffle=first.shuffle,
+            phases.append(Phase(first.name, step, indices, args=args, extra=extra, shuffle=first.shuffle,
                                 keyed=first.keyed))
         return phases
+
+    def _after_step(self, state: Any) -> Any:
+        if self.stopped is None:
+            return state
+        put_back = self._jitted(("population-put-back",), lambda: jax.jit(_put_back, donate_argnums=0))
+        return put_back(state, self.stopped[1], self.stopped[0])
 
     def _open(self, indices: Any, seed: tuple[int, ...] | None, extra: Any, start: int) -> PopulationLoader:
         seeds = None if seed is None else [(s, *seed) for s in self.seeds]

@@ -241,6 +241,10 @@ class _Stage:
     def _compile(self, step: Callable) -> Callable:
         return jax.jit(step, donate_argnums=0)
 
+    def _after_step(self, state: Any) -> Any:
+        """The state after a step (a population puts its stopped members back)."""
+        return state
+
     def _fold(self, key: jax.Array, data: int) -> jax.Array:
         return jax.random.fold_in(key, data)
 
@@ -312,6 +316,7 @@ class _Stage:
                     batch = _augment_batch(self._augment, batch, self._fold(self._fold(key, i), AUGMENT_SALT),
                                            self._fold)
                 self.state, m = step(self.state, batch, *args)
+                self.state = self._after_step(self.state)
                 if pending is not None:
                     self._check(pending, i - 1)
                 pending = m
