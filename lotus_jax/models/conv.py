@@ -13,6 +13,7 @@ K = kh * kw * cin beats a sum of kh * kw matmuls (the previous form) about 2x in
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -20,7 +21,37 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
+from lotus_jax.models.members import per_member
+
 Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _lax_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Padding) -> jax.Array:
+    return lax.conv_general_dilated(x, kernel, window_strides=strides, padding=padding,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Padding) -> jax.Array:
+    """NHWC x HWIO cross-correlation (`lax.conv_general_dilated`), with its autodiff gradients; vmapped over a
+    population with a kernel per member, each member's convolution (forward and both gradients) is its own."""
+    return per_member(functools.partial(_lax_conv, strides=strides, padding=padding), weights=1)(x, kernel)
+
+
+def _conv2d_fwd(x, kernel, strides, padding):
+    return conv2d(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, residuals, g):
+    def grads(x, kernel, g):  # the transposes autodiff takes (a convolution each), without its forward pass
+        dx = jax.linear_transpose(lambda x: _lax_conv(x, kernel, strides, padding), x)(g)[0]
+        dk = jax.linear_transpose(lambda k: _lax_conv(x, k, strides, padding), kernel)(g)[0]
+        return dx, dk
+
+    return per_member(grads, weights=1)(*residuals, g)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
@@ -88,13 +119,7 @@ class Conv(nn.Module):
             accumulate = jnp.promote_types(x.dtype, jnp.float32)
             y = im2col_conv(x, kernel, tuple(self.strides), padding, accumulate)
         else:
-            y = lax.conv_general_dilated(
-                x,
-                kernel,
-                window_strides=tuple(self.strides),
-                padding=padding,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
+            y = conv2d(x, kernel, tuple(self.strides), padding)
         if bias is not None:
             y = y + bias
         return y
