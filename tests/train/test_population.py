@@ -102,8 +102,10 @@ def test_member_axis_split_over_devices_gives_the_same_models(ctx):
         _population(ctx, SEEDS[:3], keys[:3], models=4)
 
 
-def test_a_stopped_member_keeps_its_state_while_the_others_go_on(ctx):
-    # Catches a population that keeps updating stopped members (LoTUS's per-member stop rule) or stops all.
+@pytest.mark.parametrize("models", [1, 2])
+def test_a_stopped_member_keeps_its_state_while_the_others_go_on(ctx, models):
+    # Catches a population that keeps updating stopped members (LoTUS's per-member stop rule) or stops all;
+    # with the member axis over 2 devices too (the put-back then writes rows of a sharded state).
     def plans(cfg):
         def make(m, c, k):
             base = supervised.plan(c, c.init_variables(jax.random.fold_in(k, 0)), c.splits.retain, cfg)
@@ -113,14 +115,15 @@ def test_a_stopped_member_keeps_its_state_while_the_others_go_on(ctx):
         return make
 
     keys = jax.random.split(jax.random.key(9), 2)
-    pop = run_population(ctx, "gold", plans(CFG), SEEDS[:2], keys, CFG, population_mesh(1))
+    pop = run_population(ctx, "gold", plans(CFG), SEEDS[:2], keys, CFG, population_mesh(models))
     one = mlc.ConfigDict({**CFG.to_dict(), "epochs": 1})
-    one_epoch = run_population(ctx, "gold", plans(one), SEEDS[:2], keys, one, population_mesh(1))
+    one_epoch = run_population(ctx, "gold", plans(one), SEEDS[:2], keys, one, population_mesh(models))
     chex.assert_trees_all_equal(member(pop.variables, 0), member(one_epoch.variables, 0))
     assert _max_diff(member(pop.variables, 1), member(one_epoch.variables, 1)) > 1e-3
     # The stopped member is put back after each step: the running member's numbers are those of a population
     # where nobody stops, bit for bit (a put-back into the wrong rows would change them).
-    chex.assert_trees_all_equal(member(pop.variables, 1), member(_population(ctx, SEEDS[:2], keys).variables, 1))
+    chex.assert_trees_all_equal(member(pop.variables, 1),
+                                member(_population(ctx, SEEDS[:2], keys, models=models).variables, 1))
     assert [h["stopped"] for h in pop.histories[0]] == [False, True]
     assert len(pop.histories[1]) == 2 and not pop.histories[1][-1]["stopped"]
 
