@@ -78,6 +78,11 @@ def _population_step(step: Callable, shared: tuple[bool, ...], keyed: bool) -> C
     return jax.vmap(step, in_axes=(0, 0, *axes))
 
 
+def _take(state: Any, rows: jax.Array) -> Any:
+    """Members `rows` of a stacked state (a copy)."""
+    return jax.tree.map(lambda x: x[rows], state)
+
+
 def _put_back(state: Any, kept: Any, rows: jax.Array) -> Any:
     """`state` with members `rows` replaced by `kept` (their states when they stopped)."""
     return jax.tree.map(lambda x, k: x.at[rows].set(k), state, kept)
@@ -110,7 +115,7 @@ class _PopulationStage(_Stage):
         rows = np.flatnonzero(~np.asarray(active))
         self.stopped = None
         if len(rows):
-            take = self._jitted(("population-take",), lambda: jax.jit(lambda s, r: jax.tree.map(lambda x: x[r], s)))
+            take = self._jitted(("population-take",), lambda: jax.jit(_take))
             self.stopped = (jnp.asarray(rows), take(self.state, jnp.asarray(rows)))
         phases = []
         for parts in zip(*per_member):
