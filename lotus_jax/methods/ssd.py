@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from lotus_jax.data.pipeline import num_batches
 from lotus_jax.train.context import Context
 from lotus_jax.train.losses import cross_entropy
 from lotus_jax.train.runner import Plan, fold_batches
@@ -60,7 +61,7 @@ def importance(ctx: Context, accumulate: Callable, variables: Variables, indices
     # On the mesh like the gradients it accumulates: the step then compiles once, not again after its first call.
     total = place(zeros_like_tree(variables["params"], jnp.float32), ctx.mesh)
     total = fold_batches(ctx, accumulate, total, indices, batch_size, variables)
-    return divide_tree(total, jnp.float32(max(-(-len(indices) // batch_size), 1)))
+    return divide_tree(total, jnp.float32(max(num_batches(len(indices), batch_size), 1)))
 
 
 def dampen(params: Any, imp_forget: Any, imp_full: Any, alpha: float, lam: float) -> tuple[Any, jax.Array]:
