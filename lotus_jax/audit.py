@@ -1,5 +1,5 @@
 """The audit stage: populations of retrained (gold) models and of each method's unlearned models, trained as
-vmapped ensembles, then per forget example the NeurIPS 2023 epsilon / forget score and U-LiRA
+vmapped ensembles (on a CPU, by default, one member after another), then per forget example the NeurIPS 2023 epsilon / forget score and U-LiRA
 (`metrics.audit`), with a floor (the original model(s) scored as if unlearned) and a ceiling (two halves of
 the gold population scored against each other). Populations and their statistics are checkpointed in
 `<workdir>/audit/`, so a killed audit resumes. docs/definitions.md §6 gives the definitions.
@@ -30,6 +30,16 @@ from lotus_jax.train.state import Variables
 
 ORIGINALS = ("one", "per_model")
 POPULATION_METRICS = ("acc_forget", "acc_retain", "acc_test", "mia", "jsd", "rf_jsd")
+
+
+def use_vmap(setting: bool | None, backend: str, member_devices: int = 1) -> bool:
+    """Whether populations train as one vmapped program: `audit.vmap` when set; unset, on every backend but
+    the CPU, or when the member axis is split over several devices (`audit.mesh_models`). On one CPU device,
+    one member after another is faster (XLA's CPU backend gains little from batching models and compiles
+    the batched programs longer) and gives each member bit for bit its single run."""
+    if setting is not None:
+        return bool(setting)
+    return backend != "cpu" or member_devices > 1
 
 
 def member_seeds(seed: int, what: str, n: int) -> list[int]:
@@ -100,6 +110,7 @@ class Auditor:
         self.dir = workdir / "audit"
         self.n = int(cfg.audit.models)
         self.mesh = population_mesh(int(cfg.audit.mesh_models))
+        self.vmap = use_vmap(cfg.audit.get("vmap"), jax.default_backend(), self.mesh.shape["models"])
         self.sharding = NamedSharding(self.mesh, P("models"))
         self.records: dict[str, dict] = {}
         self.evaluator = PopulationEvaluator.of(ctx)
@@ -116,10 +127,12 @@ class Auditor:
                 self.ctx.log(f"[audit/{name}] population found in {path}: skipping training")
                 like = jax.tree.map(lambda x: jax.ShapeDtypeStruct((self.n, *x.shape), x.dtype), self.like)
                 return jax.device_put(checkpoint.restore(path, like, self.ctx.mesh), self.sharding)
+        # Statistics of an earlier population under this name describe other models: drop them before training.
+        (self.dir / f"{name}.npz").unlink(missing_ok=True)
         seeds = member_seeds(self.ctx.seed, name, self.n)
         keys = jax.random.split(jax.random.fold_in(self.key, stage_salt(f"audit/{name}")), self.n)
         ctx = dataclasses.replace(self.ctx, progress_dir=self.dir / "progress")
-        if self.cfg.audit.get("vmap", True):
+        if self.vmap:
             result: PopulationResult = run_population(ctx, name, make_plan, seeds, keys, settings, self.mesh, augment)
         else:
             result = run_one_by_one(ctx, name, make_plan, seeds, keys, settings, self.sharding, augment)
@@ -187,7 +200,9 @@ def run_audit(ctx: Context, cfg: Any, workdir: epath.Path, original: Variables, 
     of metrics.json and writes the per-example arrays to `audit/scores.npz`."""
     aud = Auditor(ctx, cfg, workdir, original, key)
     n, per_model = aud.n, cfg.audit.originals == "per_model"
-    ctx.log(f"[audit] {n} models per population, originals: {cfg.audit.originals}, methods: {', '.join(methods)}")
+    how = "one vmapped program" if aud.vmap else "one member after another"
+    ctx.log(f"[audit] {n} models per population ({how}), originals: {cfg.audit.originals}, "
+            f"methods: {', '.join(methods)}")
     retain = ctx.splits.retain
     everything = np.sort(np.concatenate([ctx.splits.forget, retain]))
 

@@ -1,9 +1,12 @@
-"""The audit stage end to end on a tiny digits run: populations trained as vmapped ensembles, the audit
-section of metrics.json with floor and ceiling, the report table and figures, and a rerun that reloads the
-populations instead of training them again. Population statistics are checked against single-model passes."""
+"""The audit stage end to end on a tiny digits run: populations trained as vmapped ensembles (and, with one
+original per model, one member after another, the CPU's default), the audit section of metrics.json with floor
+and ceiling recomputed from the saved confidences, the report table and figures, a rerun that reloads the
+populations and one that retrains a changed one. Population statistics are checked against single-model
+passes."""
 
 import json
 import math
+import shutil
 
 import jax
 import numpy as np
@@ -13,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from lotus_jax import audit, main
 from lotus_jax.evaluate import SPLITS
-from lotus_jax.metrics.audit import logit_confidence
+from lotus_jax.metrics.audit import forget_score, logit_confidence, per_example_epsilon, ulira
 from lotus_jax.train.population import member, population_mesh, stack
 from tests.methods.helpers import trained_problem
 from tests.test_main import tiny_config
@@ -26,9 +29,13 @@ def audit_config():
     c = tiny_config()
     c.stages = "train,audit"
     c.mesh.data = 1  # the population's member axis has its own mesh (audit.mesh_models)
-    c.audit.models = 4
-    c.audit.methods = "lotus"  # per-member acc_f, tau and stop rule inside the population
+    c.audit.models = 6  # halves of 3 for the ceiling (2 per side give the challenge's score no bucket)
+    c.audit.methods = "lotus"  # per-member acc_f and tau inside the population
     c.lotus.epochs = 2
+    # This barely trained original already meets the stop rule (acc_f <= acc_u - 0.01) before the first update,
+    # which would leave every member equal to it; -1 never stops (stopped members: tests/train/test_population.py).
+    c.lotus.stop_threshold = -1.0
+    c.audit.vmap = True  # the vmapped ensembles (unset, a CPU trains members one after another)
     return c
 
 
@@ -42,7 +49,7 @@ def test_audit_writes_scores_for_each_method_with_floor_and_ceiling(audited):
     workdir, metrics = audited
     section = json.loads((workdir / "metrics.json").read_text())["audit"]
     assert section == json.loads(json.dumps(metrics["audit"]))
-    assert section["models"] == 4 and section["originals"] == "one"
+    assert section["models"] == 6 and section["originals"] == "one"
     assert set(section["methods"]) == {"lotus"}
     for entry in (*section["methods"].values(), section["floor"], section["ceiling"]):
         for key in SCALARS:
@@ -60,7 +67,30 @@ def test_audit_writes_scores_for_each_method_with_floor_and_ceiling(audited):
     for fig in ("audit_epsilon.png", "audit_roc.png", "audit_confidence.png"):
         assert (workdir / fig).stat().st_size > 1000 and f"]({fig})" in report
     scores = np.load(workdir / "audit" / "scores.npz")
-    assert scores["lotus.confidence"].shape == (4, len(np.load(workdir / "splits.npz")["forget"]))
+    assert scores["lotus.confidence"].shape == (6, len(np.load(workdir / "splits.npz")["forget"]))
+
+
+def test_audit_scores_are_those_of_the_saved_confidences(audited):
+    # Recomputed from the per-member confidences in scores.npz. Catches U and R swapped when scoring a method
+    # (the U-LiRA AUC turns into 1 - AUC), a ceiling from overlapping halves or from the whole gold population.
+    workdir, _ = audited
+    section = json.loads((workdir / "metrics.json").read_text())["audit"]
+    scores = np.load(workdir / "audit" / "scores.npz")
+    gold, lotus = scores["gold.confidence"], scores["lotus.confidence"]
+    method = section["methods"]["lotus"]
+    assert method["ulira_auc"] == ulira(lotus, gold).auc != 0.5
+    assert method["forget_score"] == forget_score(per_example_epsilon(lotus, gold), 6)
+    ceiling = section["ceiling"]
+    assert ceiling["n_models_u"] == ceiling["n_models_r"] == 3
+    assert ceiling["ulira_auc"] == ulira(gold[:3], gold[3:]).auc
+    assert ceiling["forget_score"] == forget_score(per_example_epsilon(gold[:3], gold[3:]), 3)
+    np.testing.assert_array_equal(scores["ceiling.epsilon"], per_example_epsilon(gold[:3], gold[3:]))
+
+
+def _without_times(tree):
+    if isinstance(tree, dict):
+        return {k: _without_times(v) for k, v in tree.items() if "time" not in k}
+    return tree
 
 
 def test_a_rerun_reloads_the_populations(audited, capsys):
@@ -69,7 +99,48 @@ def test_a_rerun_reloads_the_populations(audited, capsys):
     out = capsys.readouterr().out
     for name in ("gold", "lotus"):
         assert f"[audit/{name}] population found" in out
-    assert again["audit"]["methods"]["lotus"]["forget_score"] == metrics["audit"]["methods"]["lotus"]["forget_score"]
+    # The whole section (population metrics from the cached statistics included), times aside.
+    assert _without_times(again["audit"]) == _without_times(metrics["audit"])
+
+
+def test_a_population_trained_again_gets_new_statistics(audited, tmp_path, capsys):
+    # Changed LoTUS settings retrain its population; its cached statistics (audit/lotus.npz) must go with the
+    # old models. Catches a statistics cache reused because only its file and member count were checked.
+    workdir, _ = audited
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    c = audit_config()
+    c.lotus.alpha = 2.0
+    again = main.run(c, copy)
+    out = capsys.readouterr().out
+    assert "[audit/gold] population found" in out and "[audit/lotus] population found" not in out
+    before = np.load(workdir / "audit" / "scores.npz")["lotus.confidence"]
+    after = np.load(copy / "audit" / "scores.npz")["lotus.confidence"]
+    assert not np.array_equal(after, before)
+    assert again["audit"]["methods"]["lotus"]["forget_score"] == forget_score(
+        per_example_epsilon(after, np.load(copy / "audit" / "scores.npz")["gold.confidence"]), 6)
+
+
+def test_one_original_per_model_gives_a_floor_of_their_population(tmp_path, capsys):
+    # audit.originals=per_model: N originals trained as a population of their own, scored as the floor.
+    # Catches a floor built from copies of the run's one original (a point mass: epsilon 50 on every example)
+    # or from another population's confidences.
+    c = audit_config()
+    c.audit.originals = "per_model"
+    c.audit.methods = "finetune"
+    c.finetune.epochs = 1
+    c.audit.vmap = None  # the default: on this CPU, one member after another
+    section = main.run(c, tmp_path)["audit"]
+    out = capsys.readouterr().out
+    assert "[audit] 6 models per population (one member after another)" in out
+    assert "[audit/original] 6 models in" in out
+    floor = section["floor"]
+    assert floor["n_models_u"] == floor["n_models_r"] == 6 and floor["mean_epsilon"] < 50.0
+    with (tmp_path / "audit" / "original.npz").open("rb") as f:
+        originals = np.load(f)["confidence"]
+    gold = np.load(tmp_path / "audit" / "scores.npz")["gold.confidence"]
+    np.testing.assert_array_equal(np.load(tmp_path / "audit" / "scores.npz")["floor.epsilon"],
+                                  per_example_epsilon(originals, gold))
 
 
 def test_population_statistics_are_those_of_each_member_alone():
@@ -89,6 +160,12 @@ def test_population_statistics_are_those_of_each_member_alone():
         np.testing.assert_allclose(stats.confidence[m], logit_confidence(np.asarray(logits),
                                                                          ctx.dataset.train.labels[idx]),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_populations_are_vmapped_unless_on_one_cpu_device_or_set():
+    assert audit.use_vmap(None, "gpu") and audit.use_vmap(None, "tpu") and not audit.use_vmap(None, "cpu")
+    assert audit.use_vmap(None, "cpu", member_devices=2)
+    assert audit.use_vmap(True, "cpu") and not audit.use_vmap(False, "gpu") and not audit.use_vmap(False, "cpu", 4)
 
 
 def test_member_seeds_are_distinct_and_depend_on_the_run_seed_and_population():

@@ -113,6 +113,7 @@ def test_declared_small_conv_size_reaches_the_model():
     ({"train__epochs": -3}, "train.epochs must be an integer >= 1, got -3"),
     ({"lotus__epochs": 0}, "lotus.epochs must be an integer >= 1, got 0"),
     ({"unsir__batch_size": 0}, "unsir.batch_size must be an integer >= 1, got 0"),
+    ({"audit__models": 4}, "audit.models must be an integer >= 6, got 4"),
     ({"eval__batch_size": 2.5}, "eval.batch_size must be an integer >= 1, got 2.5"),
     ({"retrain__epochs": True}, "retrain.epochs must be an integer >= 1, got True"),
     ({"model__width": 0}, "model.width must be an integer >= 1, got 0"),

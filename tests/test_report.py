@@ -35,6 +35,35 @@ def test_table_marks_best_per_column_and_reports_failures():
     assert "| — |" in rows["gold"] + "|"  # no time for the gold model
 
 
+AUDIT = {
+    "models": 6, "originals": "one",
+    "methods": {"lotus": {"forget_score": 0.125, "final_score": 0.1, "ulira_auc": 0.61, "ulira_tpr_at_1pct_fpr": 0.03,
+                          "mean_epsilon": 2.345, "time_per_model_s": 1.5,
+                          "population": {"acc_forget": 0.9, "acc_forget_std": 0.01, "acc_test": 0.8,
+                                         "acc_test_std": 0.02, "mia": 0.5, "mia_std": 0.04}}},
+    "floor": {"forget_score": 0.0, "final_score": 0.0, "ulira_auc": 0.99, "ulira_tpr_at_1pct_fpr": 0.9,
+              "mean_epsilon": 50.0, "population": {"acc_forget": 1.0, "acc_forget_std": 0.0}},
+    "ceiling": {"forget_score": 0.3, "final_score": 0.3, "ulira_auc": 0.5, "ulira_tpr_at_1pct_fpr": 0.01,
+                "mean_epsilon": 1.0},
+}
+
+
+def test_audit_table_cells():
+    # Catches columns under the wrong heading (each value is distinct), a population metric shown without
+    # its spread, and rows out of order (ceiling, methods, floor).
+    lines = report.audit_table(AUDIT).splitlines()
+    head = [c.strip() for c in lines[0].split("|")[1:-1]]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    assert [r[0] for r in rows] == ["ceiling (gold vs gold, 3 + 3)", "lotus", "floor (original, not unlearned)"]
+    lotus = dict(zip(head, rows[1]))
+    assert lotus == {"population": "lotus", "Forget score": "0.1250", "Final score": "0.1000",
+                     "U-LiRA AUC": "0.6100", "TPR@1%FPR": "0.0300", "mean ε": "2.35", "Time per model (s)": "1.50",
+                     "Acc forget": "0.9000 ± 0.0100", "Acc test": "0.8000 ± 0.0200", "MIA": "0.5000 ± 0.0400"}
+    floor, ceiling = dict(zip(head, rows[2])), dict(zip(head, rows[0]))
+    assert floor["mean ε"] == "50.00" and floor["Acc forget"] == "1.0000 ± 0.0000" and floor["MIA"] == "—"
+    assert ceiling["Time per model (s)"] == "—" and ceiling["Acc test"] == "—"
+
+
 def test_render_says_which_jsd_form():
     text = report.render(METRICS)
     assert "compat" in text and "`test` split" in text and "rounded to 2 decimals" in text

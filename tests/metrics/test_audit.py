@@ -125,6 +125,36 @@ def test_point_mass_gives_cap():
     np.testing.assert_array_equal(per_example_epsilon(r, u), [50.0, 50.0])
 
 
+def test_threshold_grid_spacing_and_ends():
+    # Catches: a coarser step, one point too few, ends not on the data's min and max.
+    grid = threshold_grid(0.0, 1.0)
+    assert grid.size == 101 and grid[0] == 0.0 and grid[-1] == 1.0 and np.max(np.diff(grid)) <= 0.01 + 1e-15
+    np.testing.assert_allclose(threshold_grid(0.0, 0.015), [0.0, 0.0075, 0.015], rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(threshold_grid(2.0, 2.0), [2.0])
+
+
+def test_grid_too_coarse_to_separate():
+    # U = {0, .002}, R = {.007, .009}: separable by a threshold at .005, but the grid over [0, .009] is {0, .009}
+    # (spacing <= .01): no grid rule separates them, so eps stays finite. Catches thresholds at the data or a
+    # finer grid (both give the cap).
+    u, r = np.array([0.0, 0.002]), np.array([0.007, 0.009])
+    assert per_example_epsilon(u, r)[0] < 50.0
+    assert per_example_epsilon(u, r, step=0.001)[0] == 50.0
+
+
+@pytest.mark.parametrize(("ratio", "capped"), [(0.02, False), (0.005, True)])
+def test_point_mass_rule_cuts_at_one_percent_of_the_range(ratio, capped):
+    # R = {0, 1, 2, 3} (range 3); U spread over ratio * 3 around R's value 1, so every band that holds all of U
+    # also holds that R model (FPR 1/4, FNR 0: discarded) and eps stays finite unless the point-mass rule caps
+    # it. Catches a cut-off of 10% (ratio .02 capped) or none (ratio .005 finite).
+    r = np.array([0.0, 1.0, 2.0, 3.0])
+    u = 1.0 + ratio * 3.0 * np.array([-0.5, 0.0, 0.5, 0.25])
+    eps = per_example_epsilon(u, r)[0]
+    assert eps == brute_force_epsilon(u, r)
+    assert (eps == 50.0) == capped
+    assert capped or eps < 5.0
+
+
 def test_two_point_masses():
     np.testing.assert_array_equal(per_example_epsilon(np.full((4, 1), 2.0), np.full((4, 1), 2.0)), [0.0])
     np.testing.assert_array_equal(per_example_epsilon(np.full((4, 1), 2.0), np.full((4, 1), 3.0)), [50.0])
@@ -205,9 +235,31 @@ def test_ulira_separated_populations_auc_near_one():
 
 
 def test_ulira_point_mass_is_finite():
+    # Catches: no floor (inf), a floor relative to |mean| or of another size: a U target of a point mass at 1
+    # scores -log(1e-6) under U (its leave-one-out fit is the same point) minus its log-density under R.
     rng = np.random.default_rng(9)
-    result = ulira(np.ones((8, 3)), rng.normal(size=(8, 3)))
+    r = rng.normal(size=(8, 3))
+    result = ulira(np.ones((8, 3)), r)
     assert np.all(np.isfinite(result.scores_u)) and np.all(np.isfinite(result.scores_r))
+    under_r = -np.log(r.std(0)) - 0.5 * ((1.0 - r.mean(0)) / r.std(0)) ** 2
+    np.testing.assert_allclose(result.scores_u, np.broadcast_to(-np.log(1e-6) - under_r, (8, 3)), rtol=1e-12)
+
+
+def test_ulira_summary_numbers_from_the_scores():
+    # The ROC summaries recomputed from the pooled target scores without sklearn: AUC as the Mann-Whitney
+    # probability, the best balanced accuracy and the TPR at FPR <= 1% / 0.1% over every threshold.
+    # Catches: balanced accuracy without the / 2 or at one threshold, swapped or wrong FPR levels.
+    result = ulira(*gaussian_populations(1.0, 16, 100, 11))
+    su, sr = result.scores_u.ravel(), result.scores_r.ravel()
+    greater = np.mean(su[:, None] > sr[None, :]) + 0.5 * np.mean(su[:, None] == sr[None, :])
+    assert result.auc == pytest.approx(greater, abs=1e-12)
+    thresholds = np.concatenate([np.unique(np.concatenate([su, sr])), [np.inf]])
+    tpr = np.mean(su[None, :] >= thresholds[:, None], axis=1)
+    fpr = np.mean(sr[None, :] >= thresholds[:, None], axis=1)
+    assert result.balanced_accuracy == pytest.approx(np.max((tpr + 1 - fpr) / 2), abs=1e-12)
+    assert result.tpr_at_1pct_fpr == pytest.approx(np.max(tpr[fpr <= 0.01]), abs=1e-12)
+    assert result.tpr_at_01pct_fpr == pytest.approx(np.max(tpr[fpr <= 0.001]), abs=1e-12)
+    assert 0.0 < result.tpr_at_01pct_fpr < result.tpr_at_1pct_fpr < 1.0  # the case separates the two levels
 
 
 def test_tpr_at_fpr_by_hand():
@@ -219,12 +271,24 @@ def test_tpr_at_fpr_by_hand():
 
 
 def test_audit_summary_layout():
-    s_u, s_r = gaussian_populations(0.5, 8, 20, 10)
+    # 8 unlearned and 12 retrained models: catches a bucket count from N_r or max(N) (the eps here score
+    # differently with 6 buckets than with 4), and summary fields taken from the wrong function or side.
+    rng = np.random.default_rng(10)
+    centres = rng.normal(0.0, 3.0, 60)
+    s_u, s_r = centres + 0.5 + rng.normal(size=(8, 60)), centres + rng.normal(size=(12, 60))
     summary = audit_summary(s_u, s_r, [0.9, 0.8], 0.85, 0.6, [0.8, 0.7])
     scalars, arrays = summary["scalars"], summary["arrays"]
     json.dumps(scalars)
+    eps = per_example_epsilon(s_u, s_r)
+    assert forget_score(eps, 8) != forget_score(eps, 12)
+    assert scalars["forget_score"] == forget_score(eps, 8) and scalars["mean_epsilon"] == np.mean(eps)
+    assert (scalars["n_models_u"], scalars["n_models_r"], scalars["n_examples"]) == (8, 12, 60)
+    attack = ulira(s_u, s_r)
+    assert scalars["ulira_auc"] == attack.auc and scalars["ulira_tpr_at_1pct_fpr"] == attack.tpr_at_1pct_fpr
+    assert scalars["ulira_balanced_accuracy"] == attack.balanced_accuracy
+    assert scalars["ulira_tpr_at_01pct_fpr"] == attack.tpr_at_01pct_fpr
     assert scalars["final_score"] == pytest.approx(scalars["forget_score"] * 0.8, rel=1e-12)
-    assert arrays["epsilon"].shape == arrays["ulira_example_accuracy"].shape == (20,)
+    assert arrays["epsilon"].shape == arrays["ulira_example_accuracy"].shape == (60,)
     assert arrays["ulira_roc_fpr"].shape == arrays["ulira_roc_tpr"].shape
 
 
