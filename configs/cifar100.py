@@ -1,4 +1,4 @@
-"""CIFAR-100, ResNet-18 (CIFAR variant), 10% per-class forget set, alpha 2 (SPEC §3).
+"""CIFAR-100, ResNet-18 (CIFAR variant), 10% per-class forget set, alpha 2 (docs/definitions.md §3).
 
     python -m lotus_jax.main --config configs/cifar100.py --workdir runs/cifar100
 

@@ -15,9 +15,13 @@ and mean/std 0.5 instead:
 
     --config.data.crop=resize --config.data.mean="(0.5, 0.5, 0.5)" --config.data.std="(0.5, 0.5, 0.5)"
 
-CPU-sized variant (ViT-Ti/16 at 32 px, 2 per class, random init when no checkpoint is given):
+CPU-sized variant: ViT-Ti with 8 x 8 patches at 32 px (resized to 36, central crop), 20 training images per
+class (2 forget, 18 retain) and 5 validation images per class, the original trained for 1 epoch from a
+random initialisation unless `original_checkpoint` is given. It reads the same tfds `imagenet2012` (every
+training label once, to pick the 20 per class), so it needs the prepared data:
 
-    python -m lotus_jax.main --config configs/imagenet.py:small --workdir runs/imagenet_small
+    python -m lotus_jax.main --config configs/imagenet.py:small --workdir runs/imagenet_small \
+        --config.data.data_dir=/path/to/tfds
 """
 
 from lotus_jax.config import base_config, link_epochs, set_method_epochs
@@ -52,6 +56,7 @@ def get_config(variant: str = ""):
         c.stages = "train,unlearn,evaluate"
         c.data.resize_size = 36
         c.data.crop_size = 32
+        c.data.train_per_class, c.data.heldout_per_class = 20, 5
         c.data.forget.per_class = 2
         c.data.forget.retain_per_class = 18
         c.model.variant = "Ti/16"

@@ -1,7 +1,7 @@
 """MUFAC (Korean faces, 8 age groups a..h), ResNet-18 (CIFAR variant) at MUFAC's 128 x 128 resolution, the
 fixed forget set of the paper (the first 1,062 rows of the train CSV), separate val and test sets, LoTUS
-alpha 2, lr 1e-4, 10 epochs, batch 128 (docs/definitions.md §2, §3); original and gold models with the SPEC
-§6 recipe.
+alpha 2, lr 1e-4, 10 epochs, batch 128 (docs/definitions.md §2, §3); original and gold models with the recipe of
+docs/definitions.md §7.
 
 MUFAC ships as CSVs (`family_id, person_id, age_class, image_path`) next to image folders
 (custom_korean_family_dataset_resolution_128/: custom_{train,val,test}_dataset.csv, {train,val,test}_images/).

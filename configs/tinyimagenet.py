@@ -1,6 +1,6 @@
 """Tiny-ImageNet (200 classes, 64 x 64), ResNet-18 (CIFAR variant), 10% per-class forget set, the official
 val set halved per class into val and test (stratified, seeded), LoTUS alpha 2, lr 1e-4, 10 epochs, batch 128
-(docs/definitions.md §2, §3); original and gold models with the SPEC §6 recipe.
+(docs/definitions.md §2, §3); original and gold models with the docs/definitions.md §7 recipe.
 
 The data is read by the folder source, which needs `<split>/<class>/<image>`. The official zip
 (tiny-imagenet-200.zip) keeps training images one level deeper (`train/<wnid>/images/*.JPEG`) and the val

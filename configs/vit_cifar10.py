@@ -44,7 +44,7 @@ def get_config(variant: str = ""):
     c.model.variant = "B/16"
     c.model.layernorm_epsilon = 1e-12  # Hugging Face ViT
     c.model.image_size = 224
-    for stage in ("train", "retrain"):  # the paper's fine-tuning recipe (from scratch here, see above)
+    for stage in ("train", "retrain"):  # the paper's fine-tuning recipe, from `init_checkpoint` (see above)
         c[stage].epochs = 30
         c[stage].batch_size = 64
         c[stage].optimizer.name = "sgd"

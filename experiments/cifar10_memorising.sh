@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CIFAR-10 in a regime where the original model memorises its forget set, sized for a 2-core CPU (~90 min):
+# CIFAR-10 in a regime where the original model memorises its forget set, sized for a 2-core CPU (~165 min):
 # instance unlearning with three seeds, class unlearning, LoTUS variants for the RF-JSD/JSD correlation.
 #
 #     bash experiments/cifar10_memorising.sh [path/to/cifar10-jpeg.tar.gz] [workdir]

@@ -3,12 +3,12 @@
 #
 #     bash experiments/cifar10_reproduction.sh [path/to/cifar10-jpeg.tar.gz] [workdir]
 #
-# Reduced from the paper (SPEC §6/§7), and nothing else:
+# Reduced from the paper (docs/definitions.md §7, §8), and nothing else:
 #   - 2,000 training images per class (20,000 of 50,000); all 10,000 test images (val 5,000 / test 5,000);
 #   - ResNet-18 of width 16 (stage widths 16/32/64/128 instead of 64/128/256/512);
 #   - original and gold models trained 25 epochs (batch 128, lr 0.05, cosine, 1 warm-up epoch), not 150;
 #   - one seed (3407), not three.
-# Unlearning uses the paper's settings: 10% of each class forgotten, every method 10 epochs at its SPEC §5
+# Unlearning uses the paper's settings: 10% of each class forgotten, every method 10 epochs at its docs/definitions.md §4
 # hyper-parameters, LoTUS lr 1e-4, batch 128, alpha 8. The results page is experiments/results/cifar10/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

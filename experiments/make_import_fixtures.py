@@ -7,7 +7,7 @@ Needs torch (not a dependency of lotus_jax), e.g. in a separate virtual environm
 
 The torch modules below re-implement, with the same state-dict key names, torchvision's
 ``VisionTransformer``, Hugging Face's ``ViTForImageClassification`` and the LoTUS reference code's CIFAR
-ResNet-18 (SPEC §6), so neither torchvision nor transformers is needed. Written files:
+ResNet-18 (docs/definitions.md §7), so neither torchvision nor transformers is needed. Written files:
 
 - ``torchvision_vit_tiny.pth`` (zip serialisation), ``torchvision_vit_tiny_legacy.pth`` (the pre-1.6
   serialisation, whose storage keys, hence bytes, differ between runs) and ``torchvision_vit_tiny_bf16.pth``
@@ -171,7 +171,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """Reference CIFAR ResNet-18 (SPEC §6): conv-bn-relu, 3x3/2 max-pool, 4 stages of 2 blocks, avg pool, fc."""
+    """Reference CIFAR ResNet-18 (docs/definitions.md §7): conv-bn-relu, 3x3/2 max-pool, 4 stages of 2 blocks,
+    avg pool, fc."""
 
     def __init__(self, width: int, classes: int):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Evaluation of trained/unlearned models: one batched pass per split, then the SPEC §4 metrics.
+"""Evaluation of trained/unlearned models: one batched pass per split, then the docs/definitions.md §5 metrics.
 
 `evaluate_indices` runs the model over a split; `summarize` turns the statistics of every model into the
 numbers of `metrics.json` (pure: no model, only saved statistics, so reports can be regenerated from disk).

@@ -1,4 +1,4 @@
-"""Forget / retain / val / test splits (SPEC §2) as pure functions of (labels, settings, seed).
+"""Forget / retain / val / test splits (docs/definitions.md §2) as pure functions of (labels, settings, seed).
 
 Indices of forget and retain point into the training source; val and test into the held-out source.
 The held-out source is split per class into val and test, or, when it is made of a val and a test folder

@@ -35,7 +35,7 @@ from lotus_jax.train.runner import Phase, Plan
 from lotus_jax.train.state import TrainState, Variables, create_state, forward, place
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §5: Adam lr 1e-4, no weight decay, 10 epochs, batch 128; KL at T=1; |D_r'| = 30% of |D_r|."""
+    """docs/definitions.md §4: Adam lr 1e-4, no weight decay, 10 epochs, batch 128; KL at T=1; |D_r'| = 30% of |D_r|."""
     return mlc.ConfigDict(dict(epochs=10, batch_size=128, retain_fraction=0.3, temperature=1.0,
                                optimizer=optimizer_config("adam", 1e-4, 0.0)))
 

@@ -1,5 +1,5 @@
-"""Finetune (SPEC §5): keep training the original model on the retain set D_r with cross-entropy, relying on
-catastrophic forgetting of D_f.
+"""Finetune (docs/definitions.md §4): keep training the original model on the retain set D_r with cross-entropy,
+relying on catastrophic forgetting of D_f.
 
 Also home of the cross-entropy step and epoch loop shared with Random labels and SalUn: the step trains on
 `batch['target']` when the batch carries one (relabelled forget rows) and on `batch['label']` otherwise, and
@@ -27,7 +27,7 @@ from lotus_jax.train.runner import Phase, Plan
 from lotus_jax.train.state import TrainState, Variables, create_state, forward
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §5: SGD momentum 0.9, lr 1e-3, weight decay 5e-4; 10 epochs (ResNet-18), batch 128."""
+    """docs/definitions.md §4: SGD momentum 0.9, lr 1e-3, weight decay 5e-4; 10 epochs (ResNet-18), batch 128."""
     return mlc.ConfigDict(dict(epochs=10, batch_size=128, optimizer=optimizer_config("sgd", 1e-3, 5e-4, 0.9)))
 
 

@@ -1,4 +1,4 @@
-"""LoTUS (SPEC §3): unlearning by Gumbel-smoothed self-distillation with a temperature set by the gap
+"""LoTUS (docs/definitions.md §3): unlearning by Gumbel-smoothed self-distillation with a temperature set by the gap
 between the student's accuracy on the forget set and the teacher's accuracy on unseen data.
 
 The teacher is the original model (frozen, inference mode); the student starts as a copy of it. Forget
@@ -27,7 +27,7 @@ from lotus_jax.train.state import TrainState, Variables, create_state, forward, 
 
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §3 for ResNet-18 on CIFAR-10: AdamW lr 1e-4, wd 5e-4, 10 epochs, batch 128, alpha 8."""
+    """docs/definitions.md §3 for ResNet-18 on CIFAR-10: AdamW lr 1e-4, wd 5e-4, 10 epochs, batch 128, alpha 8."""
     return mlc.ConfigDict(dict(epochs=10, batch_size=128, alpha=8.0, retain_fraction=0.3, stop_threshold=-0.01,
                                compat=False, cache_teacher=True, optimizer=optimizer_config("adamw", 1e-4, 5e-4)))
 

@@ -1,4 +1,4 @@
-"""NegGrad+ (SPEC §5, Kurmanji et al., "Towards Unbounded Machine Unlearning"): gradient descent on the
+"""NegGrad+ (docs/definitions.md §4, Kurmanji et al., "Towards Unbounded Machine Unlearning"): gradient descent on the
 retain set and gradient ascent on the forget set in one loss, `beta * CE(D_r batch) - (1 - beta) * CE(D_f batch)`.
 
 The loss is differentiated as written, so the forget term really ascends (the reference code negated
@@ -29,7 +29,8 @@ from lotus_jax.train.runner import Phase, Plan
 from lotus_jax.train.state import TrainState, Variables, create_state, forward
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §5: SGD lr 1e-3, momentum 0.9, weight decay 5e-4, beta 0.999; 10 epochs (ResNet-18), batch 128."""
+    """docs/definitions.md §4: SGD lr 1e-3, momentum 0.9, weight decay 5e-4, beta 0.999; 10 epochs (ResNet-18),
+    batch 128."""
     return mlc.ConfigDict(dict(epochs=10, batch_size=128, beta=0.999,
                                optimizer=optimizer_config("sgd", 1e-3, 5e-4, momentum=0.9)))
 

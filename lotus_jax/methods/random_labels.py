@@ -1,4 +1,4 @@
-"""Random labels (SPEC §5, after Graves et al., "Amnesiac Machine Learning"): relabel the forget set with
+"""Random labels (docs/definitions.md §4, after Graves et al., "Amnesiac Machine Learning"): relabel the forget set with
 random wrong labels and train on it, then repair on the retain set with the true labels.
 
 Not fixed by the description, and chosen here: each epoch is one pass over D_f with relabelled targets
@@ -26,7 +26,7 @@ from lotus_jax.train.state import Variables, create_state
 
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §5: SGD lr 1e-3, momentum 0.9, weight decay 5e-4; 10 epochs (ResNet-18), batch 128."""
+    """docs/definitions.md §4: SGD lr 1e-3, momentum 0.9, weight decay 5e-4; 10 epochs (ResNet-18), batch 128."""
     return mlc.ConfigDict(dict(epochs=10, batch_size=128,
                                optimizer=optimizer_config("sgd", 1e-3, 5e-4, momentum=0.9)))
 

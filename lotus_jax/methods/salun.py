@@ -1,11 +1,11 @@
-"""SalUn (SPEC §5, Fan et al., "SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency", ICLR
-2024): random-label unlearning restricted to the parameters most salient for the forget loss.
+"""SalUn (docs/definitions.md §4, Fan et al., "SalUn: Empowering Machine Unlearning via Gradient-based Weight
+Saliency", ICLR 2024): random-label unlearning restricted to the parameters most salient for the forget loss.
 
 1. Saliency mask `m = 1(|grad_theta CE(theta_o; D_f)| >= gamma)`: the gradient of the mean forget
    cross-entropy at the original parameters, accumulated over all forget batches (BatchNorm in inference
-   mode, so computing it changes nothing), and `gamma` chosen so that the top `mask_fraction` (10%, SPEC
-   §5) of entries are kept. The threshold is GLOBAL, over all parameters of the network concatenated (not
-   per tensor), as in SalUn's `generate_mask` (one ranking of every parameter's |gradient|); so some
+   mode, so computing it changes nothing), and `gamma` chosen so that the top `mask_fraction` (10%,
+   docs/definitions.md §4) of entries are kept. The threshold is GLOBAL, over all parameters of the network
+   concatenated (not per tensor), as in SalUn's `generate_mask` (one ranking of every parameter's |gradient|); so some
    tensors get far more than 10% and others none. Exactly `floor(mask_fraction * N)` entries are kept
    (SalUn's `int(len * ratio)`), ties broken by position.
 2. Random-label training (SalUn's eq. for classification): cross-entropy on D_f relabelled with random
@@ -43,7 +43,8 @@ from lotus_jax.train.runner import Phase, Plan, fold_batches
 from lotus_jax.train.state import Variables, create_state, divide_tree, place, zeros_like_tree
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §5: top 10% mask, SGD lr 1e-3, momentum 0.9, weight decay 5e-4; 10 epochs (ResNet-18), batch 128."""
+    """docs/definitions.md §4: top 10% mask, SGD lr 1e-3, momentum 0.9, weight decay 5e-4; 10 epochs (ResNet-18),
+    batch 128."""
     return mlc.ConfigDict(dict(epochs=10, batch_size=128, mask_fraction=0.10,
                                optimizer=optimizer_config("sgd", 1e-3, 5e-4, momentum=0.9)))
 

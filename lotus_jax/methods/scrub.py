@@ -14,8 +14,9 @@ Defaults and what the paper leaves open:
   second KD loss, is 0 there and omitted here).
 - `msteps = epochs // 2` (5 of 10 epochs, 1 of 3): SCRUB runs max-steps only in an initial phase and
   finishes with min-steps alone to restore retain performance (its code uses 2 max-epochs of 3 on small
-  problems); here half the epochs, following `epochs` when that is overridden. SCRUB's step decay of the learning rate and its optional SWA smoothing are not used: SPEC §5
-  fixes a constant Adam (lr 5e-4, L2 weight decay 5e-4).
+  problems); here half the epochs, following `epochs` when that is overridden. SCRUB's step decay of the learning
+  rate and its optional SWA smoothing are not used: docs/definitions.md §4 fixes a constant Adam (lr 5e-4,
+  L2 weight decay 5e-4).
 - The trained student is returned (the LoTUS reference code trains a copy and returns the unchanged
   original, a defect not copied here). That reference also weights CE and KD equally (alpha = gamma = 1)
   and runs max-steps every epoch, after the min-steps; here SCRUB's own schedule and weights are used.
@@ -35,8 +36,8 @@ from lotus_jax.train.runner import Phase, Plan
 from lotus_jax.train.state import TrainState, Variables, create_state, forward, place
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §5 optimizer (Adam lr 5e-4, wd 5e-4), 10 epochs (max-steps in the first half), batch 128; SCRUB's
-    own alpha, gamma, T."""
+    """docs/definitions.md §4 optimizer (Adam lr 5e-4, wd 5e-4), 10 epochs (max-steps in the first half), batch
+    128; SCRUB's own alpha, gamma, T."""
     cfg = mlc.ConfigDict(dict(epochs=10, batch_size=128, kd_temperature=4.0, alpha=0.001, gamma=0.99,
                                optimizer=optimizer_config("adam", 5e-4, 5e-4)))
     cfg.msteps = cfg.get_ref("epochs") // 2

@@ -39,7 +39,7 @@ from lotus_jax.train.runner import Plan, fold_batches
 from lotus_jax.train.state import Variables, divide_tree, place, zeros_like_tree
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §5: alpha (selection weighting) 10, lambda (dampening constant) 1; batch 128."""
+    """docs/definitions.md §4: alpha (selection weighting) 10, lambda (dampening constant) 1; batch 128."""
     return mlc.ConfigDict(dict(batch_size=128, alpha=10.0, lam=1.0))
 
 

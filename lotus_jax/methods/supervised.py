@@ -1,4 +1,4 @@
-"""Supervised training of the original model (on D_f ∪ D_r) and the gold model (on D_r), SPEC §6."""
+"""Supervised training of the original model (on D_f ∪ D_r) and the gold model (on D_r), docs/definitions.md §7."""
 
 from __future__ import annotations
 

@@ -25,9 +25,9 @@ What the paper leaves open and the choices made:
 - Retain subset: at most `retain_per_class` examples of each class of `D_r`, sampled once with the seed
   (UNSIR uses only a small retain subset; its code takes 1000 per class on CIFAR-10, the LoTUS
   reference 100 on CIFAR-100 / Tiny-ImageNet). `None` means all of `D_r`.
-- Epochs: the paper uses 1 impair + 1 repair epoch; SPEC §5 gives every baseline 10 epochs, so the
+- Epochs: the paper uses 1 impair + 1 repair epoch; docs/definitions.md §4 gives every baseline 10 epochs, so the
   default is 1 impair + 9 repair epochs.
-- Optimizer: SPEC §5 fixes SGD lr 1e-3 without weight decay; momentum 0.9 as in the LoTUS reference
+- Optimizer: docs/definitions.md §4 fixes SGD lr 1e-3 without weight decay; momentum 0.9 as in the LoTUS reference
   (the authors' code uses Adam at lr 0.02 / 0.01).
 """
 
@@ -50,7 +50,8 @@ from lotus_jax.train.runner import Phase, Plan
 from lotus_jax.train.state import TrainState, Variables, create_state, forward, place
 
 def default_config() -> mlc.ConfigDict:
-    """SPEC §5 optimizer (SGD lr 1e-3, wd 0; momentum 0.9), 10 epochs = 1 impair + 9 repair, batch 128."""
+    """docs/definitions.md §4 optimizer (SGD lr 1e-3, wd 0; momentum 0.9), 10 epochs = 1 impair + 9 repair,
+    batch 128."""
     return mlc.ConfigDict(dict(epochs=10, impair_epochs=1, batch_size=128, retain_per_class=1000,
                                noise_steps=40, noise_lr=0.1, noise_lambda=0.1,
                                optimizer=optimizer_config("sgd", 1e-3, 0.0, momentum=0.9)))

@@ -1,4 +1,4 @@
-"""Metrics of model outputs: accuracy, entropy, JSD / RF-JSD, MIA and Avg Gap (SPEC §4)."""
+"""Metrics of model outputs: accuracy, entropy, JSD / RF-JSD, MIA and Avg Gap (docs/definitions.md §5)."""
 from lotus_jax.metrics.gap import DEFAULT_KEYS, avg_gap
 from lotus_jax.metrics.jsd import FORMS, class_means, js_divergence_rows, jsd, rf_jsd
 from lotus_jax.metrics.mia import mia

@@ -1,4 +1,4 @@
-"""Avg Gap to the gold (retrained) model (SPEC §4)."""
+"""Avg Gap to the gold (retrained) model (docs/definitions.md §5)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

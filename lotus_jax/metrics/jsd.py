@@ -1,4 +1,4 @@
-"""Jensen-Shannon divergence between row-stochastic matrices, and the retrain-free RF-JSD (SPEC §4).
+"""Jensen-Shannon divergence between row-stochastic matrices, and the retrain-free RF-JSD (docs/definitions.md §5).
 
 Two forms:
   ``textbook``: JSD = mean_i [0.5 KL(p_i || m_i) + 0.5 KL(q_i || m_i)], m = (p + q) / 2, natural log,

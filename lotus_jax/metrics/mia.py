@@ -1,4 +1,4 @@
-"""Membership-inference attack on the softmax entropy (SPEC §4)."""
+"""Membership-inference attack on the softmax entropy (docs/definitions.md §5)."""
 from __future__ import annotations
 
 import numpy as np

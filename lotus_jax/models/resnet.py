@@ -1,4 +1,4 @@
-"""ResNet-18, CIFAR variant of the LoTUS reference code (SPEC §6), in Flax linen.
+"""ResNet-18, CIFAR variant of the LoTUS reference code (docs/definitions.md §7), in Flax linen.
 
 Graph: 3x3/1 conv -> BN -> ReLU -> 3x3/2 max-pool (padding 1, -inf pad) -> 4 stages x 2 BasicBlocks
 (widths w, 2w, 4w, 8w; first-block strides 1, 2, 2, 2) -> global average pool -> dense ``fc``.

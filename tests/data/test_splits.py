@@ -1,4 +1,4 @@
-"""Splits: disjoint, stratified, deterministic per seed, different across seeds; every mode of SPEC §2;
+"""Splits: disjoint, stratified, deterministic per seed, different across seeds; every mode of docs/definitions.md §2;
 validation of bad forget settings; reuse from the workdir; separate val and test folders (`data.test_split`)."""
 
 import json
