@@ -44,7 +44,8 @@ from lotus_jax.train.state import all_finite
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.py"  # inside the package
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Config sections whose change invalidates what a workdir already holds, and data keys that do not.
-RUN_DEFINING = ("seed", "data", "model", "dtype", "train", "retrain")
+# An original or gold model found in the workdir is used as is, so a different checkpoint given later must refuse.
+RUN_DEFINING = ("seed", "data", "model", "dtype", "train", "retrain", "original_checkpoint", "gold_checkpoint")
 MOVABLE_DATA_KEYS = ("path", "data_dir", "decode_workers", "label_cache", "skip_corrupt", "unlearn_augment",
                      "cache_unlearning")
 
@@ -101,6 +102,8 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
     workdir = epath.Path(workdir)
     stages, methods = validate(cfg)
     check_workdir(workdir, cfg)
+    if "audit" in stages:
+        audit.check_split(cfg.audit)
     dataset = load_dataset(cfg.data)
     workdir.mkdir(parents=True, exist_ok=True)
     save_config(workdir, cfg)

@@ -201,6 +201,20 @@ def test_original_checkpoint_path_can_name_the_seed(finished_run, tmp_path, caps
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_workdir_refuses_another_original_or_gold_checkpoint(tmp_path):
+    # The workdir's checkpoints/original would be used as is ("checkpoint found"), silently ignoring the newly
+    # given model and reusing every stage and audit population built on the old one.
+    c = tiny_config()
+    main.save_config(tmp_path, c)
+    (tmp_path / "splits.npz").write_bytes(b"")
+    main.check_workdir(tmp_path, c)
+    for key in ("original_checkpoint", "gold_checkpoint"):
+        changed = tiny_config()
+        changed[key] = "/elsewhere/model"
+        with pytest.raises(main.ConfigError, match=f"section\\(s\\) {key} differ"):
+            main.check_workdir(tmp_path, changed)
+
+
 def test_workdir_of_an_older_version_without_a_new_unset_key_is_accepted(tmp_path):
     # A key added to the config later (saved config lacks it) must not orphan existing runs while it is unset;
     # catches both a comparison that refuses such workdirs and one that ignores real differences.
