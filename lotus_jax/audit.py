@@ -1,8 +1,9 @@
 """The audit stage: populations of retrained (gold) models and of each method's unlearned models, trained as
-vmapped ensembles (on a CPU, by default, one member after another), then per forget example the NeurIPS 2023 epsilon / forget score and U-LiRA
-(`metrics.audit`), with a floor (the original model(s) scored as if unlearned) and a ceiling (two halves of
-the gold population scored against each other). Populations and their statistics are checkpointed in
-`<workdir>/audit/`, so a killed audit resumes. docs/definitions.md §6 gives the definitions.
+vmapped ensembles (on one CPU device, by default, one member after another), then per forget example the
+NeurIPS 2023 epsilon / forget score and U-LiRA (`metrics.audit`), with a floor (the original model(s) scored
+as if unlearned) and a ceiling (two halves of the gold population scored against each other). Populations and
+their statistics are checkpointed in `<workdir>/audit/`, so a killed audit resumes. docs/definitions.md §6
+gives the definitions.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lotus_jax import checkpoint, files
+from lotus_jax.errors import ConfigError
 from lotus_jax.evaluate import SPLITS, SplitStats, model_metrics, statistics_from_outputs
 from lotus_jax.methods import REGISTRY as METHODS
 from lotus_jax.methods import supervised
@@ -40,6 +42,14 @@ def use_vmap(setting: bool | None, backend: str, member_devices: int = 1) -> boo
     if setting is not None:
         return bool(setting)
     return backend != "cpu" or member_devices > 1
+
+
+def check_split(audit_cfg: Any) -> None:
+    """Refuses, before any work, a population that `audit.mesh_models` (-1: all devices) cannot split evenly."""
+    devices = population_mesh(int(audit_cfg.mesh_models)).shape["models"]
+    if int(audit_cfg.models) % devices:
+        raise ConfigError(f"audit.models={audit_cfg.models} cannot be split over the {devices} devices of "
+                          f"audit.mesh_models={audit_cfg.mesh_models}; use a multiple of {devices}")
 
 
 def member_seeds(seed: int, what: str, n: int) -> list[int]:

@@ -162,6 +162,16 @@ def test_population_statistics_are_those_of_each_member_alone():
                                    rtol=1e-4, atol=1e-4)
 
 
+def test_a_population_the_devices_cannot_split_is_refused_before_any_work(tmp_path):
+    # audit.mesh_models=-1 resolves to the 8 fake devices, which 6 models do not divide: the run must stop
+    # before writing anything, not after training (the config check only sees mesh_models > 0).
+    c = audit_config()
+    c.audit.mesh_models = -1
+    with pytest.raises(main.ConfigError, match="audit.models=6 cannot be split over the 8 devices"):
+        main.run(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_populations_are_vmapped_unless_on_one_cpu_device_or_set():
     assert audit.use_vmap(None, "gpu") and audit.use_vmap(None, "tpu") and not audit.use_vmap(None, "cpu")
     assert audit.use_vmap(None, "cpu", member_devices=2)
