@@ -48,9 +48,11 @@ for seed in 3407 13 12; do
   done
 done
 
-# 3. The per-example audit (width 8 so that 16 + 4 x 16 models fit the time): populations vmapped on the CPU.
+# 3. The per-example audit (width 8 so that 16 + 4 x 16 models fit the time): populations vmapped, as on the
+#    results page (without --config.audit.vmap=True a CPU trains the members one after another: faster, and
+#    each member bit for bit its single run).
 python -m lotus_jax.main "${common[@]}" --config.model.width=8 --workdir "$work/audit" --config.seed=3407 \
-  --config.stages=train,retrain,unlearn,evaluate,audit --config.audit.models=16
+  --config.stages=train,retrain,unlearn,evaluate,audit --config.audit.models=16 --config.audit.vmap=True
 
 # 4. Class unlearning: class 0, each seed from its original model; gold retrained without the class.
 python -m lotus_jax.main "${common[@]}" --workdir "$work/class" --config.seeds=3407,13,12 \

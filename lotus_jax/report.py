@@ -114,7 +114,8 @@ def audit_section(audit: dict[str, Any]) -> list[str]:
         "example and population, leave one model out; AUC 0.5 means the attack cannot tell unlearned from "
         "retrained models. With few models even identical populations score well below 1, so read each method "
         "between the ceiling (two halves of the gold population against each other, N/2 models per side, so "
-        "a conservative anchor) and the floor (the original model(s) scored as if unlearned). Accuracies and MIA: mean ± standard deviation across members.",
+        "a conservative anchor) and the floor (the original model(s) scored as if unlearned). Accuracies and "
+        "MIA: mean ± standard deviation across members.",
     ]
 
 

@@ -235,13 +235,13 @@ def test_ulira_separated_populations_auc_near_one():
 
 
 def test_ulira_point_mass_is_finite():
-    # Catches: no floor (inf), a floor relative to |mean| or of another size: a U target of a point mass at 1
+    # Catches: no floor (inf), a floor relative to |mean| or of another size: a U target of a point mass at 3
     # scores -log(1e-6) under U (its leave-one-out fit is the same point) minus its log-density under R.
     rng = np.random.default_rng(9)
     r = rng.normal(size=(8, 3))
-    result = ulira(np.ones((8, 3)), r)
+    result = ulira(np.full((8, 3), 3.0), r)
     assert np.all(np.isfinite(result.scores_u)) and np.all(np.isfinite(result.scores_r))
-    under_r = -np.log(r.std(0)) - 0.5 * ((1.0 - r.mean(0)) / r.std(0)) ** 2
+    under_r = -np.log(r.std(0)) - 0.5 * ((3.0 - r.mean(0)) / r.std(0)) ** 2
     np.testing.assert_allclose(result.scores_u, np.broadcast_to(-np.log(1e-6) - under_r, (8, 3)), rtol=1e-12)
 
 
