@@ -20,15 +20,15 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lotus_jax import checkpoint, files
-from lotus_jax.errors import ConfigError
+from lotus_jax.errors import ConfigError, failure_reason
 from lotus_jax.evaluate import SPLITS, SplitStats, model_metrics, statistics_from_outputs
 from lotus_jax.methods import REGISTRY as METHODS
 from lotus_jax.methods import supervised
 from lotus_jax.metrics.audit import audit_summary, logit_confidence
 from lotus_jax.train.context import Context
 from lotus_jax.train.population import PopulationResult, member, population_mesh, run_one_by_one, run_population
-from lotus_jax.train.runner import Plan, settings_json, stage_salt
-from lotus_jax.train.state import Variables
+from lotus_jax.train.runner import Interrupted, Plan, settings_json, stage_salt
+from lotus_jax.train.state import Variables, all_finite
 
 ORIGINALS = ("one", "per_model")
 POPULATION_METRICS = ("acc_forget", "acc_retain", "acc_test", "mia", "jsd", "rf_jsd")
@@ -236,8 +236,18 @@ def run_audit(ctx: Context, cfg: Any, workdir: epath.Path, original: Variables, 
     for name in methods:
         module = METHODS.get(name)
         mcfg = cfg[name]
-        pop = aud.population(name, lambda m, c, k, mod=module, mc=mcfg: mod.plan(c, start(m), mc, k),
-                             {**settings_json(mcfg), "originals": cfg.audit.originals}, augment=ctx.unlearn_augment)
+        try:
+            pop = aud.population(name, lambda m, c, k, mod=module, mc=mcfg: mod.plan(c, start(m), mc, k),
+                                 {**settings_json(mcfg), "originals": cfg.audit.originals},
+                                 augment=ctx.unlearn_augment)
+            if not bool(all_finite(pop)):
+                raise FloatingPointError("non-finite parameters after unlearning (diverged)")
+        except (ConfigError, Interrupted):
+            raise
+        except Exception as e:  # a failing method (NaN loss, say) must not take the other populations down
+            scores[name] = {"failed": failure_reason(e)}
+            ctx.log(f"[audit/{name}] failed: {scores[name]['failed']}")
+            continue
         stats = aud.statistics(name, pop)
         summary = _score(stats, gold)
         scores[name] = {**summary["scalars"], "time_per_model_s": aud.records[name]["time_per_model_s"],

@@ -151,7 +151,8 @@ def audit_figures(workdir: Path, audit: dict[str, Any]) -> list[tuple[str, str]]
     arrays = _audit_arrays(workdir)
     if arrays is None:
         return []
-    rows = ["ceiling", *audit["methods"], "floor"]
+    scored = [m for m, entry in audit["methods"].items() if not entry.get("failed")]
+    rows = ["ceiling", *scored, "floor"]
     made = []
     fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.6))
     eps = [np.minimum(arrays[f"{r}.epsilon"], 50.0) for r in rows]
@@ -179,7 +180,7 @@ def audit_figures(workdir: Path, audit: dict[str, Any]) -> list[tuple[str, str]]
     _save(fig, workdir / "audit_roc.png")
     made.append(("audit_roc.png", "U-LiRA ROC curves: unlearned vs retrained models (diagonal: indistinguishable)"))
 
-    method = next(iter(audit["methods"]), None)
+    method = next(iter(scored), None)
     if method is not None and f"{method}.confidence" in arrays:
         order = np.argsort(arrays[f"{method}.epsilon"], kind="stable")
         picks = [("least forgotten", i) for i in order[::-1][:3]] + [("most forgotten", i) for i in order[:3]]

@@ -31,7 +31,7 @@ from lotus_jax.data import Dataset, load_dataset, load_or_make_splits, preproces
 from lotus_jax.data.cache import cache_training_examples
 from lotus_jax.data.pipeline import check_batch_size
 from lotus_jax.data.sources import available_cores
-from lotus_jax.errors import ConfigError
+from lotus_jax.errors import ConfigError, failure_reason
 from lotus_jax.evaluate import make_eval_fn
 from lotus_jax.methods import unlearn as unlearn_method
 from lotus_jax.methods.supervised import train
@@ -224,16 +224,6 @@ def cache_unlearning_examples(ctx: Context, cfg, workdir: epath.Path) -> Dataset
 def seeded_path(path: str, seed: int) -> str:
     """`path` with `{seed}` replaced by the run's seed: one checkpoint per seed in a `seeds` run."""
     return str(path).replace("{seed}", str(seed))
-
-
-def failure_reason(e: BaseException) -> str:
-    """One line for a failed method: the error's first line, or its last where the first only announces a
-    traceback (errors raised inside a jitted step's host callback)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    if len(lines) > 1 and text.endswith("Traceback (most recent call last):"):
-        text = lines[-1]
-    return f"{type(e).__name__}: {text}"
 
 
 def run_method(ctx: Context, name: str, original: dict, mcfg, key: jax.Array, ckpt: epath.Path) -> dict[str, Any]:

@@ -86,7 +86,8 @@ def audit_table(audit: dict[str, Any]) -> str:
     """The per-example audit in Markdown: the gold-vs-gold ceiling, each method, the original-model floor."""
     rows = [(f"ceiling (gold vs gold, {audit['models'] // 2} + {audit['models'] - audit['models'] // 2})",
              audit["ceiling"])]
-    rows += [(name, m) for name, m in audit["methods"].items()]
+    rows += [(name if not m.get("failed") else f"{name} (failed: {m['failed']})", m)
+             for name, m in audit["methods"].items()]
     rows += [("floor (original, not unlearned)", audit["floor"])]
     pop_keys = ("acc_forget", "acc_test", "mia")
     lines = ["| population | " + " | ".join(c[1] for c in AUDIT_COLUMNS) + " | Acc forget | Acc test | MIA |",

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from lotus_jax import audit, main
 from lotus_jax.evaluate import SPLITS
+from lotus_jax.methods import finetune
 from lotus_jax.metrics.audit import forget_score, logit_confidence, per_example_epsilon, ulira
 from lotus_jax.train.population import member, population_mesh, stack
 from tests.methods.helpers import trained_problem
@@ -119,6 +120,29 @@ def test_a_population_trained_again_gets_new_statistics(audited, tmp_path, capsy
     assert not np.array_equal(after, before)
     assert again["audit"]["methods"]["lotus"]["forget_score"] == forget_score(
         per_example_epsilon(after, np.load(copy / "audit" / "scores.npz")["gold.confidence"]), 6)
+
+
+def test_a_failing_method_is_reported_and_the_others_still_audited(audited, tmp_path, monkeypatch):
+    # Finetune's plan raises for every member; LoTUS (reloaded) must still be scored, the report and figures
+    # written. Catches a failure that takes the whole audit stage down, or a table/figure that expects every
+    # method to have scores.
+    workdir, metrics = audited
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(finetune, "plan", broken)
+    c = audit_config()
+    c.audit.methods = "finetune,lotus"
+    section = main.run(c, copy)["audit"]
+    assert section["methods"]["finetune"] == {"failed": "RuntimeError: boom"}
+    assert section["methods"]["lotus"]["forget_score"] == metrics["audit"]["methods"]["lotus"]["forget_score"]
+    report = (copy / "report.md").read_text()
+    assert "| finetune (failed: RuntimeError: boom) | — |" in report and "| lotus |" in report
+    for fig in ("audit_epsilon.png", "audit_roc.png", "audit_confidence.png"):
+        assert f"]({fig})" in report
 
 
 def test_one_original_per_model_gives_a_floor_of_their_population(tmp_path, capsys):
