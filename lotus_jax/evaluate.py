@@ -163,25 +163,39 @@ def summarize(all_stats: dict[str, dict[str, SplitStats]], times: dict[str, floa
     return {"jsd_form": form, "rf_jsd_unseen": rf_unseen, "compat": compat, "models": models}
 
 
+def _over_seeds(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and `<key>_std` (ddof=0) of every numeric entry, nested dicts alike; the first failure if any."""
+    failed = [e["failed"] for e in entries if e.get("failed")]
+    if failed:
+        return {"failed": failed[0]}
+    out: dict[str, Any] = {}
+    for k, v in entries[0].items():
+        if isinstance(v, dict):
+            out[k] = _over_seeds([e.get(k, {}) for e in entries])
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and not k.endswith("_std"):
+            vals = np.array([e[k] for e in entries], np.float64)
+            out[k], out[f"{k}_std"] = float(vals.mean()), float(vals.std())
+    return out
+
+
 def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean and standard deviation (`<key>_std`, ddof=0) over seeds of every numeric metric of each model.
+    """Mean and standard deviation (`<key>_std`, ddof=0) over seeds of every numeric metric of each model, and
+    of every score of the audit when each seed ran one (a population's spread across its members is dropped:
+    the table then shows the spread across seeds).
 
     A model that failed under any seed is reported as failed (with the first reason).
     """
     runs = list(per_seed.values())
-    models: dict[str, dict[str, Any]] = {}
-    for name in runs[0]["models"]:
-        entries = [r["models"].get(name, {"failed": "missing"}) for r in runs]
-        failed = [e["failed"] for e in entries if e.get("failed")]
-        if failed:
-            models[name] = {"failed": failed[0]}
-            continue
-        keys = [k for k, v in entries[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        models[name] = {}
-        for k in keys:
-            vals = np.array([e[k] for e in entries], np.float64)
-            models[name][k] = float(vals.mean())
-            models[name][f"{k}_std"] = float(vals.std())
+    models = {name: _over_seeds([r["models"].get(name, {"failed": "missing"}) for r in runs])
+              for name in runs[0]["models"]}
     first = runs[0]
-    return {"jsd_form": first["jsd_form"], "rf_jsd_unseen": first["rf_jsd_unseen"], "compat": first["compat"],
-            "seeds": list(per_seed), "models": models}
+    out = {"jsd_form": first["jsd_form"], "rf_jsd_unseen": first["rf_jsd_unseen"], "compat": first["compat"],
+           "seeds": list(per_seed), "models": models}
+    if all(r.get("audit") for r in runs):
+        audits = [r["audit"] for r in runs]
+        out["audit"] = {"models": first["audit"]["models"], "originals": first["audit"]["originals"],
+                        "seeds": list(per_seed),
+                        **{part: _over_seeds([a[part] for a in audits]) for part in ("floor", "ceiling", "gold")},
+                        "methods": {name: _over_seeds([a["methods"].get(name, {"failed": "missing"}) for a in audits])
+                                    for name in first["audit"]["methods"]}}
+    return out

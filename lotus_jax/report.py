@@ -93,7 +93,8 @@ def audit_table(audit: dict[str, Any]) -> str:
     lines = ["| population | " + " | ".join(c[1] for c in AUDIT_COLUMNS) + " | Acc forget | Acc test | MIA |",
              "|---" * (len(AUDIT_COLUMNS) + 4) + "|"]
     for label, m in rows:
-        cells = [format(m[k], fmt) if isinstance(m.get(k), (int, float)) else "—" for k, _, fmt in AUDIT_COLUMNS]
+        cells = [("—" if not isinstance(m.get(k), (int, float)) else format(m[k], fmt) if f"{k}_std" not in m
+                  else f"{format(m[k], fmt)} ± {format(m[k + '_std'], fmt)}") for k, _, fmt in AUDIT_COLUMNS]
         pop = m.get("population", {})
         cells += [f"{pop[k]:.4f} ± {pop[k + '_std']:.4f}" if k in pop else "—" for k in pop_keys]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -115,8 +116,10 @@ def audit_section(audit: dict[str, Any]) -> list[str]:
         "example and population, leave one model out; AUC 0.5 means the attack cannot tell unlearned from "
         "retrained models. With few models even identical populations score well below 1, so read each method "
         "between the ceiling (two halves of the gold population against each other, N/2 models per side, so "
-        "a conservative anchor) and the floor (the original model(s) scored as if unlearned). Accuracies and "
-        "MIA: mean ± standard deviation across members.",
+        "a conservative anchor) and the floor (the original model(s) scored as if unlearned). "
+        + (f"Every value: mean ± standard deviation over the seeds {', '.join(map(str, audit['seeds']))} (accuracies "
+           "and MIA: of each seed's mean across members)." if audit.get("seeds") else
+           "Accuracies and MIA: mean ± standard deviation across members."),
     ]
 
 

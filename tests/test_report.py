@@ -100,3 +100,29 @@ def test_aggregate_mean_and_std_over_seeds():
     assert agg["models"]["lotus"]["time_s_std"] == pytest.approx(2.0)
     assert agg["models"]["scrub"] == {"failed": "diverged"}
     assert "0.6000 ± 0.1000" in report.table(agg)
+    assert "audit" not in agg  # no seed ran one
+
+
+def test_aggregate_audit_over_seeds():
+    # Each seed's audit section: scores averaged over seeds with their spread, the members' spread of the
+    # population metrics dropped (the table's ± is then over seeds), a method failed under one seed failed.
+    runs = {}
+    for seed, (score, acc) in {1: (0.1, 0.8), 2: (0.3, 0.6)}.items():
+        audit = json.loads(json.dumps(AUDIT))
+        audit["methods"]["lotus"]["forget_score"] = score
+        audit["methods"]["lotus"]["population"]["acc_forget"] = acc
+        audit["methods"]["scrub"] = {"forget_score": 0.5} if seed == 1 else {"failed": "diverged"}
+        audit["gold"] = {"time_per_model_s": 2.0 * seed}
+        runs[seed] = {**METRICS, "audit": audit}
+    agg = evaluate.aggregate(runs)["audit"]
+    assert (agg["models"], agg["originals"], agg["seeds"]) == (6, "one", [1, 2])
+    lotus = agg["methods"]["lotus"]
+    assert lotus["forget_score"] == pytest.approx(0.2) and lotus["forget_score_std"] == pytest.approx(0.1)
+    assert lotus["population"]["acc_forget"] == pytest.approx(0.7)
+    assert lotus["population"]["acc_forget_std"] == pytest.approx(0.1)  # over seeds, not the members' 0.01
+    assert agg["methods"]["scrub"] == {"failed": "diverged"}
+    assert agg["gold"]["time_per_model_s"] == pytest.approx(3.0)
+    assert agg["floor"]["mean_epsilon"] == 50.0 and agg["floor"]["mean_epsilon_std"] == 0.0
+    section = "\n".join(report.audit_section(agg))
+    assert "| lotus | 0.2000 ± 0.1000 |" in section and "0.7000 ± 0.1000" in section
+    assert "scrub (failed: diverged)" in section and "over the seeds 1, 2" in section
