@@ -145,10 +145,19 @@ def test_a_failing_method_is_reported_and_the_others_still_audited(audited, tmp_
         assert f"]({fig})" in report
 
 
-def test_one_original_per_model_gives_a_floor_of_their_population(tmp_path, capsys):
-    # audit.originals=per_model: N originals trained as a population of their own, scored as the floor.
-    # Catches a floor built from copies of the run's one original (a point mass: epsilon 50 on every example)
-    # or from another population's confidences.
+def test_one_original_per_model_gives_a_floor_of_their_population(tmp_path, capsys, monkeypatch):
+    # audit.originals=per_model: N originals trained as a population of their own, scored as the floor, and
+    # each member of a method starting from another of them. Catches a floor built from copies of the run's one
+    # original (a point mass: epsilon 50 on every example) or from another population's confidences, and
+    # members all starting from one model (the run's original, or original 0).
+    starts: dict[int, float] = {}
+    plan = finetune.plan
+
+    def spy(ctx, original, cfg, key):
+        starts[ctx.seed] = float(np.sum(np.asarray(jax.tree.leaves(original["params"])[0])))
+        return plan(ctx, original, cfg, key)
+
+    monkeypatch.setattr(finetune, "plan", spy)
     c = audit_config()
     c.audit.originals = "per_model"
     c.audit.methods = "finetune"
@@ -158,6 +167,7 @@ def test_one_original_per_model_gives_a_floor_of_their_population(tmp_path, caps
     out = capsys.readouterr().out
     assert "[audit] 6 models per population (one member after another)" in out
     assert "[audit/original] 6 models in" in out
+    assert len(starts) == 6 and len(set(starts.values())) == 6
     floor = section["floor"]
     assert floor["n_models_u"] == floor["n_models_r"] == 6 and floor["mean_epsilon"] < 50.0
     with (tmp_path / "audit" / "original.npz").open("rb") as f:
