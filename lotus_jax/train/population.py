@@ -97,12 +97,24 @@ class _PopulationStage(_Stage):
         self.replicated = NamedSharding(sharding.mesh, P())  # what all members share (a teacher)
         self.members = len(plans)
         self.stopped: tuple[jax.Array, Any] | None = None  # (rows, their states) of stopped members this epoch
+        self.done: dict[int, dict] = {}  # member -> the epoch info with which it stopped (its single run ended)
         population = dataclasses.replace(plans[0], state=jax.device_put(stack([p.state for p in plans]), sharding))
         super().__init__(ctx, name, population, ckpts, jax.device_put(keys, sharding), started, augment, {})
+        for record in self.history:  # a resumed stage: members that stopped before stay stopped
+            for m, info in enumerate(record.get("members", [])):
+                if info.get("stopped", False):
+                    self.done.setdefault(m, info)
 
     def _epoch_info(self) -> dict:
-        infos = [dict(p.before_epoch(member(self.state, m), self.epoch)) if p.before_epoch else {}
-                 for m, p in enumerate(self.plans)]
+        infos = []
+        for m, p in enumerate(self.plans):
+            if m in self.done:  # a stopped member stays stopped, as its single run has ended: no more hooks
+                infos.append(self.done[m])
+                continue
+            info = dict(p.before_epoch(member(self.state, m), self.epoch)) if p.before_epoch else {}
+            if info.get("stopped", False):
+                self.done[m] = info
+            infos.append(info)
         return {"stopped": all(i.get("stopped", False) for i in infos), "members": infos}
 
     def _epoch_phases(self) -> list[Phase]:

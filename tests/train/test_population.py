@@ -128,6 +128,50 @@ def test_a_stopped_member_keeps_its_state_while_the_others_go_on(ctx, models):
     assert len(pop.histories[1]) == 2 and not pop.histories[1][-1]["stopped"]
 
 
+def test_a_stopped_member_stays_stopped(ctx, tmp_path):
+    # Member 0's hook says "stopped" before epoch 2 only. Its single run would end there, so the population must
+    # neither ask its hook again nor train it later, also after a resume (the stop is read back from the
+    # history). Catches a member resumed when its hook changes its mind.
+    calls = []
+
+    def make(m, c, k):
+        base = supervised.plan(c, c.init_variables(jax.random.fold_in(k, 0)), c.splits.retain, four)
+
+        def hook(state, epoch):
+            calls.append((m, epoch))
+            return {"stopped": m == 0 and epoch == 1}
+
+        return dataclasses.replace(base, before_epoch=hook)
+
+    four = mlc.ConfigDict({**CFG.to_dict(), "epochs": 4})
+    one = mlc.ConfigDict({**CFG.to_dict(), "epochs": 1})
+    keys = jax.random.split(jax.random.key(9), 2)
+    pop = run_population(ctx, "gold", make, SEEDS[:2], keys, four, population_mesh(1))
+    one_epoch = run_population(ctx, "gold", make, SEEDS[:2], keys, one, population_mesh(1))
+    chex.assert_trees_all_equal(member(pop.variables, 0), member(one_epoch.variables, 0))
+    assert [h["stopped"] for h in pop.histories[0]] == [False, True, True, True]
+    assert (0, 2) not in calls and (1, 2) in calls
+
+    # Interrupted in epoch 3 and resumed: epoch 4 must not train member 0 either.
+    c = dataclasses.replace(ctx, progress_dir=tmp_path, stop=threading.Event())
+
+    def interrupting(m, cc, k):
+        plan = make(m, cc, k)
+
+        def phases(epoch, info, base=plan.phases):
+            if epoch == 2:
+                c.stop.set()
+            return base(epoch, info)
+
+        return dataclasses.replace(plan, phases=phases)
+
+    with pytest.raises(runner.Interrupted):
+        run_population(c, "gold", interrupting, SEEDS[:2], keys, four, population_mesh(1))
+    c.stop.clear()
+    resumed = run_population(c, "gold", make, SEEDS[:2], keys, four, population_mesh(1))
+    chex.assert_trees_all_equal(resumed.variables, pop.variables)
+
+
 def test_a_population_resumes_after_a_stop_request(ctx, tmp_path):
     # Catches a population checkpoint that loses the member axis or the position: the resumed run must end
     # with the same models as an uninterrupted one.
