@@ -28,12 +28,14 @@ def gaussian_populations(shift: float, n_models: int, n_examples: int, seed: int
     return s_u, s_r
 
 
-def brute_force_epsilon(u: np.ndarray, r: np.ndarray) -> float:
-    """Every grid threshold t and every grid pair l <= r, rates by direct comparison, scalar epsilon formula."""
+def brute_force_epsilon(u: np.ndarray, r: np.ndarray, u_on_ties: bool = True) -> float:
+    """Every grid threshold t and every grid pair l <= r, rates by direct comparison, scalar epsilon formula.
+    `u_on_ties=False`: R is the positive population when the medians tie (the wrong rule, for a test)."""
     if np.ptp(u) < 0.01 * np.ptp(r) or np.ptp(r) < 0.01 * np.ptp(u):
         return 50.0
     grid = threshold_grid(min(u.min(), r.min()), max(u.max(), r.max()))
-    pos, neg = (u, r) if np.median(u) >= np.median(r) else (r, u)
+    u_positive = np.median(u) > np.median(r) or (np.median(u) == np.median(r) and u_on_ties)
+    pos, neg = (u, r) if u_positive else (r, u)
     narrow, wide = (u, r) if np.std(u) <= np.std(r) else (r, u)
     rates = [(np.mean(neg >= t), np.mean(pos < t)) for t in grid]
     for i, lo in enumerate(grid):
@@ -108,6 +110,16 @@ def test_fast_epsilon_equals_brute_force_grid(seed):
     u, r = small_case(seed)
     want = [brute_force_epsilon(u[:, i], r[:, i]) for i in range(3)]
     np.testing.assert_allclose(per_example_epsilon(u, r), want, rtol=1e-12, atol=1e-12)
+
+
+def test_equal_medians_make_u_the_positive_population():
+    # Medians tie at .02. With U positive no single threshold beats chance (eps 0); pointed at R, the rule
+    # "R iff s >= .03" has FPR 1/5, FNR 3/5 and scores ln 2. Catches `>` where the definition says U on ties.
+    u = np.array([0.01, 0.03, 0.02, 0.01, 0.02])
+    r = np.array([0.01, 0.03, 0.01, 0.02, 0.03])
+    assert np.median(u) == np.median(r)
+    assert per_example_epsilon(u, r)[0] == brute_force_epsilon(u, r) == 0.0
+    assert brute_force_epsilon(u, r, u_on_ties=False) == pytest.approx(math.log(0.4 - DELTA) - math.log(0.2), rel=1e-12)
 
 
 def test_brute_force_cases_are_not_degenerate():
