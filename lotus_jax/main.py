@@ -80,6 +80,16 @@ def check_workdir(workdir: epath.Path, cfg) -> None:
                           f"differ); use a new --workdir")
 
 
+def check_original(workdir: epath.Path, cfg, stages: list[str]) -> None:
+    """Refuses, before any work, unlearning or auditing with no original model to start from: none trained by
+    these stages, given as a checkpoint, or found in the workdir."""
+    if not {"unlearn", "audit"} & set(stages) or "train" in stages or cfg.original_checkpoint:
+        return
+    if not checkpoint.exists(workdir / "checkpoints" / "original"):
+        raise ConfigError(f"no original model in {workdir / 'checkpoints'}: add 'train' to --config.stages or pass "
+                          f"--config.original_checkpoint=<orbax checkpoint>")
+
+
 def _without_unset(saved: Any, current: Any) -> Any:
     """`saved` with the keys it lacks but `current` holds as None (unset) added as None, recursively."""
     if not isinstance(saved, dict) or not isinstance(current, dict):
@@ -102,6 +112,7 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
     workdir = epath.Path(workdir)
     stages, methods = validate(cfg)
     check_workdir(workdir, cfg)
+    check_original(workdir, cfg, stages)
     if "audit" in stages:
         audit.check_split(cfg.audit)
     dataset = load_dataset(cfg.data)

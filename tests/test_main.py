@@ -201,6 +201,17 @@ def test_original_checkpoint_path_can_name_the_seed(finished_run, tmp_path, caps
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("stages", ["unlearn", "evaluate,audit"])
+def test_no_original_to_start_from_is_refused_before_any_work(tmp_path, stages):
+    # Without 'train', an original_checkpoint or one in the workdir, the run used to load the data, write
+    # config.json and splits.npz and only then stop; now nothing is written.
+    c = tiny_config()
+    c.stages = stages
+    with pytest.raises(main.ConfigError, match="no original model in .*: add 'train' to --config.stages"):
+        main.run(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_workdir_refuses_another_original_or_gold_checkpoint(tmp_path):
     # The workdir's checkpoints/original would be used as is ("checkpoint found"), silently ignoring the newly
     # given model and reusing every stage and audit population built on the old one.
