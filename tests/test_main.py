@@ -118,8 +118,9 @@ def test_bad_flags_and_config_files_are_one_line(args, message):
 
 
 def test_imagenet_without_prepared_dataset_fails_fast_with_instructions(tmp_path):
+    # As the config's documented command: with the original model's checkpoint (never read: the data fails first).
     r = _main(f"--config={ROOT / 'configs/imagenet.py'}", f"--workdir={tmp_path / 'w'}",
-              f"--config.data.data_dir={tmp_path}")
+              f"--config.data.data_dir={tmp_path}", f"--config.original_checkpoint={tmp_path / 'vit_b16_orbax'}")
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 1 and len(err) == 1, r.stderr
     assert "imagenet2012" in err[0] and "manual_dir" in err[0]
