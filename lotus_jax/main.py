@@ -86,8 +86,12 @@ def check_original(workdir: epath.Path, cfg, stages: list[str]) -> None:
     if not {"unlearn", "audit"} & set(stages) or "train" in stages or cfg.original_checkpoint:
         return
     if not checkpoint.exists(workdir / "checkpoints" / "original"):
-        raise ConfigError(f"no original model in {workdir / 'checkpoints'}: add 'train' to --config.stages or pass "
-                          f"--config.original_checkpoint=<orbax checkpoint>")
+        raise _no_original(workdir / "checkpoints")
+
+
+def _no_original(ckdir: epath.Path) -> ConfigError:
+    return ConfigError(f"no original model in {ckdir}: add 'train' to --config.stages or pass "
+                       f"--config.original_checkpoint=<orbax checkpoint>")
 
 
 def _without_unset(saved: Any, current: Any) -> Any:
@@ -179,11 +183,12 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
     results_dir = workdir / "results"
     if cfg.data.get("cache_unlearning", True) and {"unlearn", "evaluate", "audit"} & set(stages):
         ctx = dataclasses.replace(ctx, dataset=cache_unlearning_examples(ctx, cfg, workdir))
+    # Trained, imported or found above (check_original); read once for the unlearning and the audit stages.
+    needs_original = bool({"unlearn", "audit"} & set(stages))
+    original = load("original") if needs_original else None
+    if needs_original and original is None:
+        raise _no_original(ckdir)
     if "unlearn" in stages:
-        original = load("original")
-        if original is None:
-            raise ConfigError(f"no original model in {ckdir}: add 'train' to --config.stages or pass "
-                             f"--config.original_checkpoint=<orbax checkpoint>")
         results_dir.mkdir(exist_ok=True)
         for name in methods:
             settings = {**json.loads(cfg[name].to_json_best_effort()), "unlearn_augment": ctx.unlearn_augment}
@@ -204,10 +209,6 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
     if "evaluate" in stages:
         metrics = evaluate_all(ctx, workdir, methods, load, cfg)
     if "audit" in stages:
-        original = load("original")
-        if original is None:
-            raise ConfigError(f"no original model in {ckdir}: add 'train' to --config.stages or pass "
-                              f"--config.original_checkpoint=<orbax checkpoint>")
         metrics = metrics or (files.read_json(workdir / "metrics.json") if (workdir / "metrics.json").exists()
                               else {})
         metrics["audit"] = audit.run_audit(ctx, cfg, workdir, original, jax.random.fold_in(key, 3),
