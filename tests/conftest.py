@@ -24,7 +24,7 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 # that on parallel workers a long file does not start last and leave the other workers idle.
 END_TO_END_FILES = ("test_main.py", "test_configs.py", "test_reliability.py", "test_audit_stage.py",
                     "test_adding_a_method.py", "train/test_runner.py", "data/test_imagenet_input.py",
-                    "test_multihost.py")
+                    "test_multihost.py", "train/test_population.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,9 +5,9 @@ over it. The member axis can be laid over a mesh axis (`models`), so many device
 
 A population runs any method unchanged: the method's `plan` is built once per member (with the member's seed
 and key), and the plans are stacked. Member m then reads the batches a single run with its seed reads and gets
-the keys a single run with its key gets, so it computes what that run computes, up to the last bits of float32
-where XLA's batched kernels round otherwise (docs/definitions.md says where). A member whose epoch hook says
-`stopped` (LoTUS's stop rule) keeps its state while the others go on.
+the keys a single run with its key gets, so it computes what that run computes: bit for bit under XLA flags
+that make float32 rounding independent of the program, else up to the last bits (docs/definitions.md). A
+member whose epoch hook says `stopped` (LoTUS's stop rule) keeps its state while the others go on.
 """
 
 from __future__ import annotations
