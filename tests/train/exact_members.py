@@ -26,7 +26,10 @@ def _cases():
     from lotus_jax import methods
     from lotus_jax.configs.default import get_config
     from lotus_jax.data.transforms import Preprocess
+    from lotus_jax.evaluate import make_eval_fn
     from lotus_jax.methods import supervised
+    from lotus_jax.models import init_function
+    from lotus_jax.models.resnet import ResNet18
     from lotus_jax.train.optim import optimizer_config
     from tests.methods.helpers import trained_problem
 
@@ -55,11 +58,15 @@ def _cases():
             return dataclasses.replace(plan, before_epoch=before_epoch)
         return make, mcfg
 
+    resnet = ResNet18(num_classes=10, width=4)  # its convolutions run per member in a vmap (models/members.py)
+    resnet_ctx = dataclasses.replace(ctx, model=resnet, init_fn=init_function(resnet, jax.numpy.zeros((1, 8, 8, 1))),
+                                     eval_fn=make_eval_fn(resnet, ctx.prep, 10))
     augmenting = dataclasses.replace(ctx, prep=Preprocess((0.3,), (0.4,), augment="crop", pad=1),
                                      unlearn_augment=True)
     return [
         ("gold, Adam", ctx, *gold("adam"), 1, False, None),
         ("gold, SGD with momentum, members over 2 devices", ctx, *gold("sgd"), 2, False, None),
+        ("gold, ResNet-18 of width 4, SGD with momentum", resnet_ctx, *gold("sgd"), 1, False, None),
         ("LoTUS, member 1 stops after epoch 1, members over 2 devices", ctx, *method("lotus", stop_member=1), 2,
          False, 1),
         ("Finetune, augmented batches", augmenting, *method("finetune"), 1, True, None),

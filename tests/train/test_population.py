@@ -87,7 +87,8 @@ def test_each_member_computes_the_single_run_with_its_seed_and_key(ctx):
 
 
 def test_vmapped_members_are_bit_for_bit_their_single_runs_when_xla_rounds_every_program_alike():
-    # tests/train/exact_members.py in a process of its own (XLA flags are read once): gold (Adam, SGD), LoTUS
+    # tests/train/exact_members.py in a process of its own (XLA flags are read once): gold (Adam, SGD, the
+    # ResNet-18 with its per-member convolutions), LoTUS
     # with a member stopped early over 2 devices, Finetune on augmented batches, Random labels, SCRUB; every
     # member bit for bit its single run. Catches what float rounding would hide: each member given member 0's
     # key, data order or augmentation key, a stopped member's updates kept (each mutation seen failing).
@@ -98,7 +99,7 @@ def test_vmapped_members_are_bit_for_bit_their_single_runs_when_xla_rounds_every
     r = subprocess.run([sys.executable, "-m", "tests.train.exact_members"], capture_output=True, text=True,
                        env=env, cwd=pathlib.Path(__file__).parents[2], timeout=1200, check=False)
     lines = [line for line in r.stdout.splitlines() if line.startswith(("ok", "FAIL"))]
-    assert r.returncode == 0 and len(lines) == 6 and all(line.startswith("ok ") for line in lines), (
+    assert r.returncode == 0 and len(lines) == 7 and all(line.startswith("ok ") for line in lines), (
         r.stdout + r.stderr[-3000:])
 
 
