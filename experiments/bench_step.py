@@ -318,7 +318,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results.append(bench(specs[name], dtype, args, mesh))
             except ConfigError as e:
                 sys.exit(f"error: {e}")
-            print(f"  {specs[name].name} {dtype}: done in {time.perf_counter() - start:.1f}s", flush=True)
+            r = results[-1]  # each row as soon as it is measured: a run stopped later keeps it
+            mfu = "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%"
+            print(f"  {specs[name].name} {dtype}: done in {time.perf_counter() - start:.1f}s: step "
+                  f"{1e3 * r.step_s:.1f} ms, {r.images_per_s:.1f} img/s, {r.achieved_tflops:.3g} TFLOP/s, MFU {mfu}, "
+                  f"eval {r.eval_images_per_s:.1f} img/s, cached-teacher {r.cached_images_per_s:.1f} img/s",
+                  flush=True)
     print()
     print(format_table(results, device))
     peaks = {r.dtype: r.peak_tflops for r in results}
