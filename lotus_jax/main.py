@@ -89,6 +89,23 @@ def check_original(workdir: epath.Path, cfg, stages: list[str]) -> None:
         raise _no_original(workdir / "checkpoints")
 
 
+def check_checkpoints(workdir: epath.Path, cfg, stages: list[str]) -> None:
+    """Refuses, before any work, a checkpoint the run would read that is not there (a mistyped path would
+    otherwise be found after the data is loaded and the run's config is written)."""
+    ckdir = workdir / "checkpoints"
+    given = [("original_checkpoint", cfg.original_checkpoint, "original"),
+             ("gold_checkpoint", cfg.gold_checkpoint, "gold")]
+    given += [(f"{stage}.init_checkpoint", cfg[stage].get("init_checkpoint"), model)
+              for stage, model in (("train", "original"), ("retrain", "gold")) if stage in stages]
+    for key, path, model in given:
+        if not path or checkpoint.exists(ckdir / model):
+            continue
+        path = seeded_path(path, cfg.seed)
+        if not checkpoint.exists(path):
+            raise ConfigError(f"--config.{key}: no orbax checkpoint at {path} (no _CHECKPOINT_METADATA); give the "
+                              f"directory of one saved by lotus_jax or made by `python -m lotus_jax.convert`")
+
+
 def _no_original(ckdir: epath.Path) -> ConfigError:
     return ConfigError(f"no original model in {ckdir}: add 'train' to --config.stages or pass "
                        f"--config.original_checkpoint=<orbax checkpoint>")
@@ -117,6 +134,7 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
     stages, methods = validate(cfg)
     check_workdir(workdir, cfg)
     check_original(workdir, cfg, stages)
+    check_checkpoints(workdir, cfg, stages)
     if "audit" in stages:
         audit.check_split(cfg.audit)
     dataset = load_dataset(cfg.data)
@@ -322,12 +340,15 @@ def run_seeds(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> 
         seeds = [int(s) for s in str(cfg.seeds).split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"seeds must be comma-separated integers, got {cfg.seeds!r}") from None
-    validate(cfg)
+    stages, _ = validate(cfg)
     workdir = epath.Path(workdir)
-    per_seed = {}
+    configs = {}
     for s in seeds:
-        c = cfg.copy_and_resolve_references()
+        c = configs[s] = cfg.copy_and_resolve_references()
         c.seed, c.seeds = s, ""
+        check_checkpoints(workdir / f"seed_{s}", c, stages)  # every seed's checkpoints before the first seed runs
+    per_seed = {}
+    for s, c in configs.items():
         log(f"=== seed {s} ===")
         per_seed[s] = run(c, workdir / f"seed_{s}", stop)
     if not all(per_seed.values()):

@@ -108,6 +108,7 @@ def test_workdir_with_another_config_is_refused(finished_run):
     (["--config.lotus.alhpa=3"], 'unknown config key \'alhpa\' Did you mean "alpha"'),
     (["--config.lotus.alpha=abc"], "could not convert string to float"),
     ([f"--config={ROOT / 'configs/cifar10.py'}:huge"], "unknown config variant 'huge'"),
+    ([f"--config={ROOT / 'configs/default.py'}:nope"], "unknown config variant 'nope'"),
     (["--config=/nonexistent/config.py"], "No such file or directory"),
     (["--bogus=1"], "Unknown command line flag 'bogus'"),
 ])
@@ -119,6 +120,8 @@ def test_bad_flags_and_config_files_are_one_line(args, message):
 
 def test_imagenet_without_prepared_dataset_fails_fast_with_instructions(tmp_path):
     # As the config's documented command: with the original model's checkpoint (never read: the data fails first).
+    (tmp_path / "vit_b16_orbax").mkdir()
+    (tmp_path / "vit_b16_orbax" / "_CHECKPOINT_METADATA").write_text("{}")
     r = _main(f"--config={ROOT / 'configs/imagenet.py'}", f"--workdir={tmp_path / 'w'}",
               f"--config.data.data_dir={tmp_path}", f"--config.original_checkpoint={tmp_path / 'vit_b16_orbax'}")
     err = [line for line in r.stderr.splitlines() if line.strip()]
@@ -210,6 +213,32 @@ def test_no_original_to_start_from_is_refused_before_any_work(tmp_path, stages):
     c.stages = stages
     with pytest.raises(main.ConfigError, match="no original model in .*: add 'train' to --config.stages"):
         main.run(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key", ["original_checkpoint", "gold_checkpoint", "train.init_checkpoint"])
+def test_a_checkpoint_that_is_not_there_is_refused_before_any_work(tmp_path, key):
+    # A mistyped path was found after the data was loaded and config.json written, which then refused the
+    # corrected path ("a different config"): the workdir was lost to one typo. Now nothing is written.
+    c = tiny_config()
+    section, _, name = key.rpartition(".")
+    (c[section] if section else c)[name] = str(tmp_path / "nope")
+    with pytest.raises(main.ConfigError, match=f"--config.{key}: no orbax checkpoint at .*nope "):
+        main.run(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_seeds_run_checks_every_seeds_checkpoint_before_the_first_seed(finished_run, tmp_path):
+    # The checkpoint of seed 1 is missing: found before seed 0 runs, not after it.
+    import shutil
+
+    workdir, _ = finished_run
+    c = tiny_config()
+    shutil.copytree(workdir / "checkpoints" / "original", tmp_path / f"seed_{c.seed}")
+    c.original_checkpoint = str(tmp_path / "seed_{seed}")
+    c.seeds = f"{c.seed},{c.seed + 1}"
+    with pytest.raises(main.ConfigError, match=f"no orbax checkpoint at .*seed_{c.seed + 1} "):
+        main.run_seeds(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

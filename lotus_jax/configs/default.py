@@ -15,8 +15,9 @@ from lotus_jax.config import base_config, link_epochs, set_training
 
 
 def get_config(variant: str = "") -> mlc.ConfigDict:
-    """The default job; `variant` is accepted and ignored (it is already CPU-sized)."""
-    del variant
+    """The default job; it is already CPU-sized, so `small` is the same job."""
+    if variant not in ("", "small"):
+        raise ValueError(f"unknown config variant {variant!r}; valid: '' or 'small'")
     c = base_config()
     c.data.source = "digits"
     c.data.mean, c.data.std = (0.3,), (0.4,)
