@@ -262,6 +262,7 @@ def run_audit(ctx: Context, cfg: Any, workdir: epath.Path, original: Variables, 
         arrays.update({f"{label}.{k}": v for k, v in summary["arrays"].items()})
     files.write_npz(workdir / "audit" / "scores.npz", **arrays)
     return {"models": n, "originals": cfg.audit.originals, "methods": scores,
+            "settings": {name: settings_json(cfg[name]) for name in methods},
             "floor": {**floor["scalars"], "population": _population_metrics(origins, origins.stats, gold, cfg)},
-            "ceiling": ceiling["scalars"],
+            "ceiling": {**ceiling["scalars"], "population": _population_metrics(gold, origins.stats, gold, cfg)},
             "gold": {"time_per_model_s": aud.records["gold"]["time_per_model_s"]}}

@@ -194,7 +194,8 @@ def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     if all(r.get("audit") for r in runs):
         audits = [r["audit"] for r in runs]
         out["audit"] = {"models": first["audit"]["models"], "originals": first["audit"]["originals"],
-                        "seeds": list(per_seed),
+                        "seeds": list(per_seed), **({"settings": first["audit"]["settings"]}
+                                                    if "settings" in first["audit"] else {}),
                         **{part: _over_seeds([a[part] for a in audits]) for part in ("floor", "ceiling", "gold")},
                         "methods": {name: _over_seeds([a["methods"].get(name, {"failed": "missing"}) for a in audits])
                                     for name in first["audit"]["methods"]}}

@@ -38,7 +38,7 @@ from lotus_jax.methods.supervised import train
 from lotus_jax.models import build_model, init_function
 from lotus_jax.sharding import initialize_distributed, mesh_from_config
 from lotus_jax.train.context import Context
-from lotus_jax.train.runner import Interrupted, NonFiniteError
+from lotus_jax.train.runner import Interrupted, NonFiniteError, settings_json
 from lotus_jax.train.state import all_finite
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.py"  # inside the package
@@ -225,7 +225,7 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
                 (workdir / "progress" / name).rmtree(missing_ok=True)
     metrics: dict[str, Any] = {}
     if "evaluate" in stages:
-        metrics = evaluate_all(ctx, workdir, methods, load, cfg)
+        metrics = evaluate_all(ctx, workdir, methods, load, cfg, keep_audit="audit" not in stages)
     if "audit" in stages:
         metrics = metrics or (files.read_json(workdir / "metrics.json") if (workdir / "metrics.json").exists()
                               else {})
@@ -277,8 +277,26 @@ def run_method(ctx: Context, name: str, original: dict, mcfg, key: jax.Array, ck
     return record
 
 
-def evaluate_all(ctx: Context, workdir: epath.Path, methods: list[str], load, cfg) -> dict[str, Any]:
-    """Statistics of every available model, then metrics.json and report.md."""
+def previous_audit(workdir: epath.Path, cfg) -> dict[str, Any] | None:
+    """The audit section of the workdir's metrics.json when it still describes this config (same number of
+    models, originals and settings of every audited method), so that a rerun without the audit stage keeps it."""
+    path = workdir / "metrics.json"
+    old = files.read_json(path).get("audit") if path.exists() else None
+    if not old:
+        return None
+    same = ("settings" in old and old.get("models") == cfg.audit.models
+            and old.get("originals") == cfg.audit.originals
+            and all(name in cfg and settings_json(cfg[name]) == s for name, s in old["settings"].items()))
+    if not same:
+        log(f"[evaluate] the audit in {path} was made with other audit or method settings: left out of the new "
+            f"report; add 'audit' to --config.stages to redo it")
+    return old if same else None
+
+
+def evaluate_all(ctx: Context, workdir: epath.Path, methods: list[str], load, cfg,
+                 keep_audit: bool = False) -> dict[str, Any]:
+    """Statistics of every available model, then metrics.json and report.md (with `keep_audit`, the
+    workdir's audit section too, when it still describes this config)."""
     stats_dir = workdir / "stats"
     stats_dir.mkdir(exist_ok=True)
     all_stats, times, failed = {}, {}, {}
@@ -302,6 +320,9 @@ def evaluate_all(ctx: Context, workdir: epath.Path, methods: list[str], load, cf
                                  compat=cfg.compat, seed=cfg.seed)
     for name, reason in failed.items():
         metrics["models"][name] = {"failed": reason}
+    kept = previous_audit(workdir, cfg) if keep_audit else None
+    if kept:
+        metrics["audit"] = kept
     write_metrics(workdir, metrics)
     return metrics
 

@@ -116,7 +116,10 @@ def audit_section(audit: dict[str, Any]) -> list[str]:
         "example and population, leave one model out; AUC 0.5 means the attack cannot tell unlearned from "
         "retrained models. With few models even identical populations score well below 1, so read each method "
         "between the ceiling (two halves of the gold population against each other, N/2 models per side, so "
-        "a conservative anchor) and the floor (the original model(s) scored as if unlearned). "
+        "a conservative anchor; its accuracies and MIA are the gold population's) and the floor (the original "
+        "model(s) scored as if unlearned"
+        + ("; one original repeated N times is a point mass, so every example gets the cap, ε = 50). "
+           if originals == "one" else "). ")
         + (f"Every value: mean ± standard deviation over the seeds {', '.join(map(str, audit['seeds']))} (accuracies "
            "and MIA: of each seed's mean across members)." if audit.get("seeds") else
            "Accuracies and MIA: mean ± standard deviation across members."),
@@ -133,10 +136,13 @@ def render(metrics: dict[str, Any], config_text: str | None = None, figures: lis
     if metrics.get("models"):
         parts += [
             "", table(metrics), "",
-            f"JSD and RF-JSD are in {form_text}, shown ×1e4. RF-JSD compares each model's class-mean softmax on "
-            f"the forget set with the original model's on the `{metrics.get('rf_jsd_unseen', 'val')}` split. "
-            "Avg Gap is the mean absolute difference to the gold model over MIA and forget/retain/test accuracy "
-            "(lower is better). Bold: best unlearned model per column (closest to gold for MIA and accuracies).",
+            (f"JSD and RF-JSD are in {form_text}, shown ×1e4. RF-JSD compares each model's class-mean softmax on "
+             f"the forget set with the original model's on the `{metrics.get('rf_jsd_unseen', 'val')}` split. "
+             "Avg Gap is the mean absolute difference to the gold model over MIA and forget/retain/test accuracy "
+             "(lower is better). Bold: best unlearned model per column (closest to gold for MIA and accuracies). "
+             "Time: wall-clock seconds of each method's unlearning call, compiling its XLA programs included (on a "
+             "small problem most of it: the per-epoch `seconds` in `results/<method>.json` show the first epoch "
+             "holding it)."),
         ]
     if metrics.get("seeds"):
         parts += ["", f"Mean ± standard deviation over seeds {', '.join(map(str, metrics['seeds']))}."]

@@ -60,11 +60,15 @@ def test_audit_writes_scores_for_each_method_with_floor_and_ceiling(audited):
     assert section["floor"]["mean_epsilon"] == 50.0 and section["floor"]["forget_score"] == 0.0
     for entry in section["methods"].values():
         assert entry["time_per_model_s"] > 0
+    for entry in (*section["methods"].values(), section["ceiling"]):  # the ceiling's: the gold population's
         pop = entry["population"]
         for key in ("acc_forget", "acc_test", "mia", "jsd", "rf_jsd"):
             assert math.isfinite(pop[key]) and pop[f"{key}_std"] >= 0.0
     report = (workdir / "report.md").read_text()
-    assert "## Per-example forgetting audit" in report and "| lotus |" in report and "ceiling" in report
+    assert "## Per-example forgetting audit" in report and "| lotus |" in report
+    ceiling_row = next(line for line in report.splitlines() if line.startswith("| ceiling"))
+    assert ceiling_row.endswith(f"{section['ceiling']['population']['mia']:.4f} ± "
+                                f"{section['ceiling']['population']['mia_std']:.4f} |")
     for fig in ("audit_epsilon.png", "audit_roc.png", "audit_confidence.png"):
         assert (workdir / fig).stat().st_size > 1000 and f"]({fig})" in report
     scores = np.load(workdir / "audit" / "scores.npz")
@@ -120,6 +124,27 @@ def test_a_population_trained_again_gets_new_statistics(audited, tmp_path, capsy
     assert not np.array_equal(after, before)
     assert again["audit"]["methods"]["lotus"]["forget_score"] == forget_score(
         per_example_epsilon(after, np.load(copy / "audit" / "scores.npz")["gold.confidence"]), 6)
+
+
+def test_a_rerun_without_the_audit_keeps_its_section_while_it_still_describes_the_config(audited, tmp_path, capsys):
+    # A rerun that only evaluated rewrote metrics.json and report.md without the audit, which stayed on disk.
+    # Catches the section dropped, and one kept after an audited method's settings (or audit.models) changed.
+    workdir, _ = audited
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    audited_section = json.loads((copy / "metrics.json").read_text())["audit"]
+    c = audit_config()
+    c.stages, c.methods = "retrain,unlearn,evaluate", "lotus"
+    metrics = main.run(c, copy)
+    assert metrics["audit"] == audited_section and "lotus" in metrics["models"]
+    assert "## Per-example forgetting audit" in (copy / "report.md").read_text()
+    for change in ("lotus.alpha", "audit.models"):
+        changed = audit_config()
+        section, key = change.split(".")
+        changed[section][key] = 2.0 if key == "alpha" else 8
+        assert main.previous_audit(copy, changed) is None
+        assert "made with other audit or method settings" in capsys.readouterr().out
+    assert main.previous_audit(copy, audit_config()) == audited_section
 
 
 def test_a_failing_method_is_reported_and_the_others_still_audited(audited, tmp_path, monkeypatch):
