@@ -111,6 +111,7 @@ def entropy_histograms(run_dir: Path, models: list[str], path: Path) -> bool:
         ax.set_yscale("log")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("entropy (nats)", fontsize=8)
+        ax.set_ylabel("density (log scale)", fontsize=8)
     for ax in list(axes.flat)[len(stats):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import signal
 import sys
 import threading
@@ -415,6 +416,9 @@ FLAG_ERRORS = (flags.Error, AttributeError, KeyError, OSError, ValueError, TypeE
 def flag_error_exit(e: BaseException) -> None:
     """A bad flag, config file or config key as one line on stderr, exit code 1."""
     text = str(e)
+    missing = re.search(r"No such file or directory: '([^']*)'", text)
+    if isinstance(e, OSError) and "config file" in text and missing:  # ml_collections: --config names no file
+        text = f"config file {missing.group(1)} does not exist (--config=<path to a configs/*.py file>[:variant])"
     if isinstance(e, (AttributeError, KeyError)):  # ml_collections: an unknown key, with a suggestion
         text = "unknown config key " + text.strip("'\"").replace("\\n", " ").replace("\\'", "'")
     lines = [line.strip() for line in text.splitlines() if line.strip()]

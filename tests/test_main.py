@@ -109,7 +109,7 @@ def test_workdir_with_another_config_is_refused(finished_run):
     (["--config.lotus.alpha=abc"], "could not convert string to float"),
     ([f"--config={ROOT / 'configs/cifar10.py'}:huge"], "unknown config variant 'huge'"),
     ([f"--config={ROOT / 'configs/default.py'}:nope"], "unknown config variant 'nope'"),
-    (["--config=/nonexistent/config.py"], "No such file or directory"),
+    (["--config=/nonexistent/config.py"], "config file /nonexistent/config.py does not exist (--config="),
     (["--bogus=1"], "Unknown command line flag 'bogus'"),
 ])
 def test_bad_flags_and_config_files_are_one_line(args, message):
