@@ -44,6 +44,14 @@ def use_vmap(setting: bool | None, backend: str, member_devices: int = 1) -> boo
     return backend != "cpu" or member_devices > 1
 
 
+def section_settings(cfg: Any, methods: list[str]) -> dict[str, Any]:
+    """What the audit section's numbers depend on beyond the run-defining config: each audited method's
+    settings with whether its batches are augmented, and the evaluation's JSD form and RF-JSD split."""
+    augment = bool(cfg.data.get("unlearn_augment", False))
+    return {"methods": {name: {**settings_json(cfg[name]), "unlearn_augment": augment} for name in methods},
+            "eval": {"jsd_form": cfg.eval.jsd_form, "rf_jsd_unseen": cfg.eval.rf_jsd_unseen}}
+
+
 def check_split(audit_cfg: Any) -> None:
     """Refuses, before any work, a population that `audit.mesh_models` (-1: all devices) cannot split evenly."""
     devices = population_mesh(int(audit_cfg.mesh_models)).shape["models"]
@@ -129,7 +137,8 @@ class Auditor:
                    augment: bool = False) -> Variables:
         """Population `name`: reloaded when its checkpoint was made with these settings, else trained."""
         path, record_path = self.dir / name, self.dir / f"{name}.json"
-        wanted = {"settings": settings_json(settings), "models": self.n, "seed": self.ctx.seed}
+        wanted = {"settings": settings_json(settings), "augment": bool(augment), "models": self.n,
+                  "seed": self.ctx.seed}
         if checkpoint.exists(path) and record_path.exists():
             record = json.loads(record_path.read_text())
             if {k: record.get(k) for k in wanted} == wanted:
@@ -262,7 +271,7 @@ def run_audit(ctx: Context, cfg: Any, workdir: epath.Path, original: Variables, 
         arrays.update({f"{label}.{k}": v for k, v in summary["arrays"].items()})
     files.write_npz(workdir / "audit" / "scores.npz", **arrays)
     return {"models": n, "originals": cfg.audit.originals, "methods": scores,
-            "settings": {name: settings_json(cfg[name]) for name in methods},
+            "settings": section_settings(cfg, methods),
             "floor": {**floor["scalars"], "population": _population_metrics(origins, origins.stats, gold, cfg)},
             "ceiling": {**ceiling["scalars"], "population": _population_metrics(gold, origins.stats, gold, cfg)},
             "gold": {"time_per_model_s": aud.records["gold"]["time_per_model_s"]}}

@@ -39,7 +39,7 @@ from lotus_jax.methods.supervised import train
 from lotus_jax.models import build_model, init_function
 from lotus_jax.sharding import initialize_distributed, mesh_from_config
 from lotus_jax.train.context import Context
-from lotus_jax.train.runner import Interrupted, NonFiniteError, settings_json
+from lotus_jax.train.runner import Interrupted, NonFiniteError
 from lotus_jax.train.state import all_finite
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.py"  # inside the package
@@ -94,14 +94,15 @@ def check_checkpoints(workdir: epath.Path, cfg, stages: list[str]) -> None:
     """Refuses, before any work, a checkpoint the run would read that is not there (a mistyped path would
     otherwise be found after the data is loaded and the run's config is written)."""
     ckdir = workdir / "checkpoints"
-    given = [("original_checkpoint", cfg.original_checkpoint, "original"),
-             ("gold_checkpoint", cfg.gold_checkpoint, "gold")]
-    given += [(f"{stage}.init_checkpoint", cfg[stage].get("init_checkpoint"), model)
-              for stage, model in (("train", "original"), ("retrain", "gold")) if stage in stages]
-    for key, path, model in given:
-        if not path or checkpoint.exists(ckdir / model):
+    for model, given, stage in (("original", "original_checkpoint", "train"), ("gold", "gold_checkpoint", "retrain")):
+        if checkpoint.exists(ckdir / model):
+            continue  # found in the workdir: nothing else is read
+        if cfg[given]:  # imported ({seed} replaced, as the import does)
+            key, path = given, seeded_path(cfg[given], cfg.seed)
+        elif stage in stages and cfg[stage].get("init_checkpoint"):  # trained from these weights
+            key, path = f"{stage}.init_checkpoint", cfg[stage].init_checkpoint
+        else:
             continue
-        path = seeded_path(path, cfg.seed)
         if not checkpoint.exists(path):
             raise ConfigError(f"--config.{key}: no orbax checkpoint at {path} (no _CHECKPOINT_METADATA); give the "
                               f"directory of one saved by lotus_jax or made by `python -m lotus_jax.convert`")
@@ -279,19 +280,24 @@ def run_method(ctx: Context, name: str, original: dict, mcfg, key: jax.Array, ck
 
 
 def previous_audit(workdir: epath.Path, cfg) -> dict[str, Any] | None:
-    """The audit section of the workdir's metrics.json when it still describes this config (same number of
-    models, originals and settings of every audited method), so that a rerun without the audit stage keeps it."""
+    """The audit section of the workdir's metrics.json when it still describes this config (the same
+    `audit.models`, `audit.originals` and `audit.methods`, and `audit.section_settings`), so that a rerun
+    without the audit stage keeps it."""
     path = workdir / "metrics.json"
     old = files.read_json(path).get("audit") if path.exists() else None
     if not old:
         return None
-    same = ("settings" in old and old.get("models") == cfg.audit.models
-            and old.get("originals") == cfg.audit.originals
-            and all(name in cfg and settings_json(cfg[name]) == s for name, s in old["settings"].items()))
-    if not same:
-        log(f"[evaluate] the audit in {path} was made with other audit or method settings: left out of the new "
-            f"report; add 'audit' to --config.stages to redo it")
-    return old if same else None
+    methods = config.split_names(cfg.audit.methods)
+    if "settings" not in old:
+        why = "was made by an older version"
+    elif (old.get("models") != cfg.audit.models or old.get("originals") != cfg.audit.originals
+          or old["settings"] != json.loads(json.dumps(audit.section_settings(cfg, methods)))):  # methods' names too
+        why = "was made with other audit, method or evaluation settings"
+    else:
+        return old
+    log(f"[evaluate] the audit in {path} {why}: left out of the new report; add 'audit' to --config.stages to "
+        f"redo it")
+    return None
 
 
 def evaluate_all(ctx: Context, workdir: epath.Path, methods: list[str], load, cfg,
@@ -376,6 +382,8 @@ def run_seeds(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> 
     if not all(per_seed.values()):
         return {}
     metrics = evaluate.aggregate(per_seed)
+    if any(m.get("audit") for m in per_seed.values()) and "audit" not in metrics:
+        log("[seeds] not every seed has an audit: the summary leaves the audit out (see each seed's report)")
     write_metrics(workdir, metrics)
     return metrics
 

@@ -124,6 +124,10 @@ def test_a_population_trained_again_gets_new_statistics(audited, tmp_path, capsy
     assert not np.array_equal(after, before)
     assert again["audit"]["methods"]["lotus"]["forget_score"] == forget_score(
         per_example_epsilon(after, np.load(copy / "audit" / "scores.npz")["gold.confidence"]), 6)
+    c.data.unlearn_augment = True  # the method's batches go through the augmentation: trained again too
+    main.run(c, copy)
+    out = capsys.readouterr().out
+    assert "[audit/gold] population found" in out and "[audit/lotus] population found" not in out
 
 
 def test_a_rerun_without_the_audit_keeps_its_section_while_it_still_describes_the_config(audited, tmp_path, capsys):
@@ -138,13 +142,20 @@ def test_a_rerun_without_the_audit_keeps_its_section_while_it_still_describes_th
     metrics = main.run(c, copy)
     assert metrics["audit"] == audited_section and "lotus" in metrics["models"]
     assert "## Per-example forgetting audit" in (copy / "report.md").read_text()
-    for change in ("lotus.alpha", "audit.models"):
+    changes = {"lotus.alpha": 2.0, "audit.models": 8, "audit.methods": "lotus,finetune",
+               "data.unlearn_augment": True, "eval.jsd_form": "compat"}
+    for change, value in changes.items():
         changed = audit_config()
         section, key = change.split(".")
-        changed[section][key] = 2.0 if key == "alpha" else 8
-        assert main.previous_audit(copy, changed) is None
-        assert "made with other audit or method settings" in capsys.readouterr().out
+        changed[section][key] = value
+        assert main.previous_audit(copy, changed) is None, change
+        assert "made with other audit, method or evaluation settings" in capsys.readouterr().out
     assert main.previous_audit(copy, audit_config()) == audited_section
+    older = json.loads((copy / "metrics.json").read_text())  # written before the section recorded its settings
+    del older["audit"]["settings"]
+    (copy / "metrics.json").write_text(json.dumps(older))
+    assert main.previous_audit(copy, audit_config()) is None
+    assert "made by an older version" in capsys.readouterr().out
 
 
 def test_a_failing_method_is_reported_and_the_others_still_audited(audited, tmp_path, monkeypatch):

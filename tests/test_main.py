@@ -228,6 +228,19 @@ def test_a_checkpoint_that_is_not_there_is_refused_before_any_work(tmp_path, key
     assert not (tmp_path / "run").exists()
 
 
+def test_only_the_checkpoints_the_run_reads_are_checked(finished_run, tmp_path):
+    # train.init_checkpoint is read only when the original is trained, not when it is imported or found.
+    workdir, _ = finished_run
+    c = tiny_config()
+    c.train.init_checkpoint = str(tmp_path / "nope")
+    c.original_checkpoint = str(workdir / "checkpoints" / "original")
+    main.check_checkpoints(tmp_path / "run", c, ["train"])
+    c.original_checkpoint = None
+    main.check_checkpoints(workdir, c, ["train"])  # the workdir holds its original
+    with pytest.raises(main.ConfigError, match="--config.train.init_checkpoint: no orbax checkpoint at .*nope "):
+        main.check_checkpoints(tmp_path / "run", c, ["train"])
+
+
 def test_a_seeds_run_checks_every_seeds_checkpoint_before_the_first_seed(finished_run, tmp_path):
     # The checkpoint of seed 1 is missing: found before seed 0 runs, not after it.
     import shutil

@@ -94,7 +94,7 @@ def test_vmapped_members_are_bit_for_bit_their_single_runs_when_xla_rounds_every
     # key, data order or augmentation key, a stopped member's updates kept (each mutation seen failing).
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("the flags that make XLA round every program alike name an x86 instruction set")
-    env = {**os.environ, "XLA_FLAGS": exact_members.EXACT_XLA_FLAGS}
+    env = {**os.environ, "XLA_FLAGS": exact_members.EXACT_XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # programs compiled under other flags must not be reused
     r = subprocess.run([sys.executable, "-m", "tests.train.exact_members"], capture_output=True, text=True,
                        env=env, cwd=pathlib.Path(__file__).parents[2], timeout=1200, check=False)
