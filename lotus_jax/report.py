@@ -12,7 +12,7 @@ import math
 import sys
 from typing import Any
 
-from absl import app
+from absl import app, logging
 from etils import epath
 
 from lotus_jax import files
@@ -157,7 +157,7 @@ def render(metrics: dict[str, Any], config_text: str | None = None, figures: lis
     if metrics.get("compat"):
         parts += ["", "compat mode: accuracies and MIA rounded to 2 decimals before gaps and temperatures."]
     if config_text:
-        parts += ["", "<details><summary>config</summary>", "", "```json", config_text, "```", "", "</details>"]
+        parts += ["", "<details><summary>config of the last run in this workdir</summary>", "", "```json", config_text, "```", "", "</details>"]
     return "\n".join(parts) + "\n"
 
 
@@ -181,6 +181,7 @@ def write(workdir: epath.PathLike) -> epath.Path:
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise app.UsageError("usage: python -m lotus_jax.report <workdir>")
+    logging.set_verbosity(logging.ERROR)  # jax logs the backends it did not find; only the report's path is news
     try:
         print(write(epath.Path(argv[1])))
     except FileNotFoundError as e:

@@ -22,9 +22,9 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 # Files that run whole jobs (main.run, subprocesses), longest first. They are scheduled before the others, so
 # that on parallel workers a long file does not start last and leave the other workers idle.
-END_TO_END_FILES = ("test_main.py", "test_configs.py", "test_reliability.py", "test_audit_stage.py",
-                    "test_adding_a_method.py", "train/test_runner.py", "data/test_imagenet_input.py",
-                    "test_multihost.py", "train/test_population.py")
+END_TO_END_FILES = ("test_main.py", "train/test_exact_members.py", "test_configs.py", "test_reliability.py",
+                    "test_audit_stage.py", "test_adding_a_method.py", "train/test_runner.py",
+                    "data/test_imagenet_input.py", "test_multihost.py")
 
 
 def pytest_collection_modifyitems(config, items):

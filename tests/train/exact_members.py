@@ -4,7 +4,7 @@ With XLA's default CPU settings a batched program rounds differently from the si
 threaded reductions, algebraic rewrites; docs/definitions.md). These flags turn the three off, so float32
 arithmetic no longer depends on how XLA compiles the program, and every difference left would be the
 population's own (a member with another's key, data order, teacher or stop epoch). Prints one line per case
-and exits 1 if any member differs. `tests/train/test_population.py` runs it.
+and exits 1 if any member differs. `tests/train/test_exact_members.py` runs it.
 """
 
 from __future__ import annotations
