@@ -157,7 +157,8 @@ def render(metrics: dict[str, Any], config_text: str | None = None, figures: lis
     if metrics.get("compat"):
         parts += ["", "compat mode: accuracies and MIA rounded to 2 decimals before gaps and temperatures."]
     if config_text:
-        parts += ["", "<details><summary>config of the last run in this workdir</summary>", "", "```json", config_text, "```", "", "</details>"]
+        parts += ["", "<details><summary>config of the last run in this workdir</summary>", "", "```json",
+                  config_text, "```", "", "</details>"]
     return "\n".join(parts) + "\n"
 
 
