@@ -19,7 +19,7 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lotus_jax import checkpoint, files
+from lotus_jax import checkpoint, config, files
 from lotus_jax.errors import ConfigError, failure_reason
 from lotus_jax.evaluate import SPLITS, SplitStats, model_metrics, statistics_from_outputs
 from lotus_jax.methods import REGISTRY as METHODS
@@ -47,8 +47,7 @@ def use_vmap(setting: bool | None, backend: str, member_devices: int = 1) -> boo
 def section_settings(cfg: Any, methods: list[str]) -> dict[str, Any]:
     """What the audit section's numbers depend on beyond the run-defining config: each audited method's
     settings with whether its batches are augmented, and the evaluation's JSD form and RF-JSD split."""
-    augment = bool(cfg.data.get("unlearn_augment", False))
-    return {"methods": {name: {**settings_json(cfg[name]), "unlearn_augment": augment} for name in methods},
+    return {"methods": {name: config.method_settings(cfg, name) for name in methods},
             "eval": {"jsd_form": cfg.eval.jsd_form, "rf_jsd_unseen": cfg.eval.rf_jsd_unseen}}
 
 

@@ -9,6 +9,7 @@ unknown keys, so a typo fails instead of being ignored). Names come from the reg
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 import re
@@ -493,3 +494,11 @@ def validate(cfg: mlc.ConfigDict) -> None:
 
 __all__ = ["CROSS_CHECKS", "DTYPES", "SCHEMA", "STAGES", "Cross", "KeyRule", "NameList", "OneOf", "Rule", "base_config",
            "integer", "leaves", "link_epochs", "number", "optional", "split_names", "validate"]
+
+
+def method_settings(cfg: Any, name: str) -> dict[str, Any]:
+    """What a method's unlearned model depends on beyond the run-defining config: its section, and whether its
+    batches go through the training augmentation. A finished method (or audit population) with other settings
+    is run again."""
+    return {**json.loads(cfg[name].to_json_best_effort()),
+            "unlearn_augment": bool(cfg.data.get("unlearn_augment", False))}

@@ -211,7 +211,7 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
     if "unlearn" in stages:
         results_dir.mkdir(exist_ok=True)
         for name in methods:
-            settings = {**json.loads(cfg[name].to_json_best_effort()), "unlearn_augment": ctx.unlearn_augment}
+            settings = config.method_settings(cfg, name)
             done = results_dir / f"{name}.json"
             if checkpoint.exists(ckdir / name) and done.exists():
                 if json.loads(done.read_text()).get("settings") == settings:
