@@ -9,6 +9,7 @@ The held-out source is split per class into val and test, or, when it is made of
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -214,11 +215,21 @@ def split_settings(data_cfg, seed: int) -> dict[str, Any]:
     return s
 
 
-def save_splits(path: Path, splits: Splits, settings: dict[str, Any]) -> None:
-    """Writes `splits.npz` atomically (temporary file, then rename)."""
+def data_fingerprint(train_labels: np.ndarray, heldout_labels: np.ndarray) -> dict[str, Any]:
+    """How many training and held-out examples there are, and a SHA-256 of their labels in order: the indices
+    of a saved split mean the same examples only while these hold (a folder that gained an image does not)."""
+    digest = hashlib.sha256()
+    for labels in (train_labels, heldout_labels):
+        digest.update(np.asarray(labels, np.int64).tobytes() + b"|")
+    return {"train": len(train_labels), "heldout": len(heldout_labels), "labels_sha256": digest.hexdigest()}
+
+
+def save_splits(path: Path, splits: Splits, settings: dict[str, Any], data: dict[str, Any] | None = None) -> None:
+    """Writes `splits.npz` atomically (temporary file, then rename), with the data's fingerprint when given."""
     tmp = path.with_suffix(".tmp.npz")
+    extra = {} if data is None else {"data": json.dumps(data, sort_keys=True)}
     np.savez(tmp, forget=splits.forget, retain=splits.retain, val=splits.val, test=splits.test,
-             class_unlearning=splits.class_unlearning, settings=json.dumps(settings, sort_keys=True))
+             class_unlearning=splits.class_unlearning, settings=json.dumps(settings, sort_keys=True), **extra)
     tmp.replace(path)
 
 
@@ -226,15 +237,22 @@ def load_or_make_splits(path: Path, train_labels: np.ndarray, heldout_labels: np
                         settings: dict[str, Any], seed: int) -> tuple[Splits, bool]:
     """Reuses the saved split when its settings match; makes and saves one otherwise.
 
-    Returns (splits, reused). A saved split with different settings is an error: the checkpoints in that
-    workdir were made with it.
+    Returns (splits, reused). A saved split with different settings, or made for data with other example
+    counts or labels (`data_fingerprint`; splits saved before it was recorded are not checked), is an error:
+    the checkpoints in that workdir were made with it.
     """
+    data = data_fingerprint(train_labels, heldout_labels)
     if path.exists():
         with np.load(path) as z:
             saved = json.loads(str(z["settings"]))
             if saved != json.loads(json.dumps(settings, sort_keys=True)):
                 raise DataError(f"{path} was made with different split settings {saved}; use a new --workdir")
+            then = json.loads(str(z["data"])) if "data" in z.files else data
+            if then != data:
+                raise DataError(f"{path} was made for other data ({then['train']} training and {then['heldout']} "
+                                f"held-out examples then, {data['train']} and {data['heldout']} now, or other "
+                                f"labels): the dataset changed since; use a new --workdir")
             return Splits(z["forget"], z["retain"], z["val"], z["test"], bool(z["class_unlearning"])), True
     splits = make_splits(train_labels, heldout_labels, settings, seed)
-    save_splits(path, splits, settings)
+    save_splits(path, splits, settings, data)
     return splits, False

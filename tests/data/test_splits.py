@@ -113,6 +113,24 @@ def test_saved_split_is_reused_and_a_different_one_refused(tmp_path):
         load_or_make_splits(path, LABELS, HELDOUT, dict(settings, fraction=0.2), 1)
 
 
+def test_a_saved_split_of_other_data_is_refused(tmp_path):
+    # An image folder that gained or lost an image shifts every index of a saved split: the workdir's forget
+    # set would silently be other images (or an index would fall off the end). Catches reuse checked by the
+    # settings alone; splits saved before the data was recorded are still reused.
+    path = tmp_path / "splits.npz"
+    settings = dict(FRACTION, seed=1)
+    made, _ = load_or_make_splits(path, LABELS, HELDOUT, settings, 1)
+    for train, heldout in ((np.append(LABELS, 0), HELDOUT), (LABELS, HELDOUT[:-1]), (np.roll(LABELS, 1), HELDOUT)):
+        with pytest.raises(DataError, match="made for other data .* use a new --workdir"):
+            load_or_make_splits(path, train, heldout, settings, 1)
+    with np.load(path) as z:
+        older = {k: z[k] for k in z.files if k != "data"}
+    np.savez(path, **older)
+    again, reused = load_or_make_splits(path, np.append(LABELS, 0), HELDOUT, settings, 1)
+    assert reused
+    np.testing.assert_array_equal(again.forget, made.forget)
+
+
 def test_separate_val_and_test_folders_are_kept_apart_saved_and_reused(tmp_path):
     """data.test_split: val = the val folder, test = the test folder, each held-out example exactly once,
     whatever the seed; the split is saved with its settings and reused."""
