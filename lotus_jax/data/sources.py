@@ -440,7 +440,15 @@ def _folder_arrays(
         raise DataError(f"none of the {len(images)} images in {where} can be decoded (e.g. {names[first]}: "
                         f"{damaged[first]}); check --config.data.path")
     if len(shapes) > 1:
-        raise DataError(f"images have different sizes {sorted(shapes)[:3]}; set --config.data.crop=center|resize "
+        example = {}  # shape -> the first file that has it
+        for im, f in zip(images, names):
+            if im is not None:
+                example.setdefault(im.shape, f)
+        seen = ", ".join(f"{shape} ({file})" for shape, file in sorted(example.items())[:3])
+        if len({shape[-1] for shape in shapes}) > 1:
+            raise DataError(f"images have different numbers of channels: {seen}; set --config.data.channels=3 "
+                            f"(RGB) or 1 (grayscale)")
+        raise DataError(f"images have different sizes: {seen}; set --config.data.crop=center|resize "
                         f"(or --config.data.image_size=N)")
     blank = np.zeros(shapes.pop(), np.uint8)
     return ArraySource(np.stack([blank if im is None else im for im in images]), np.asarray(labels, np.int32),

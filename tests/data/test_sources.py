@@ -73,6 +73,18 @@ def test_folder_errors_say_what_to_do(tmp_path):
         load_dataset(mlc.ConfigDict(dict(source="s3")))
 
 
+def test_mixed_image_shapes_name_a_file_of_each_and_the_setting_that_helps(tmp_path):
+    # A grayscale image among RGB ones was reported as "different sizes" with a size setting that cannot help.
+    _write_tree(tmp_path / "data", np.random.default_rng(2))
+    Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "data" / "train" / "bee" / "0009.png")
+    with pytest.raises(DataError, match=r"different numbers of channels: .*0009\.png.*data\.channels=3"):
+        folder_dataset(str(tmp_path / "data"))
+    assert folder_dataset(str(tmp_path / "data"), channels=3).train.get(np.arange(1))[0].shape == (6, 6, 3)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "data" / "train" / "bee" / "0009.png")
+    with pytest.raises(DataError, match=r"different sizes: .*\(8, 8, 3\) \(.*0009\.png\).*data\.crop"):
+        folder_dataset(str(tmp_path / "data"))
+
+
 def _write_val_test_tree(root: Path) -> None:
     """train/val/test folders (PNG, 4x4) whose pixel value says split and position: val 1.., test 101.."""
     counts = {"train": {"ant": 3, "bee": 3}, "val": {"ant": 2, "bee": 3}, "test": {"ant": 4, "bee": 1}}
