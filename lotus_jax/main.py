@@ -31,7 +31,7 @@ from lotus_jax import audit, checkpoint, config, evaluate, files, report
 from lotus_jax.data import Dataset, load_dataset, load_or_make_splits, preprocess_from_config, split_settings
 from lotus_jax.data.cache import cache_training_examples
 from lotus_jax.data.pipeline import check_batch_size
-from lotus_jax.data.sources import available_cores
+from lotus_jax.data.sources import available_cores, describe
 from lotus_jax.errors import ConfigError, failure_reason
 from lotus_jax.evaluate import make_eval_fn
 from lotus_jax.methods import unlearn as unlearn_method
@@ -108,6 +108,17 @@ def check_checkpoints(workdir: epath.Path, cfg, stages: list[str]) -> None:
                               f"directory of one saved by lotus_jax or made by `python -m lotus_jax.convert`")
 
 
+def check_decodable(dataset: Dataset) -> None:
+    """Refuses, before any training, images that a source decoded at load and found damaged (image folders);
+    sources that decode lazily (tfds, array-record) report theirs when read."""
+    bad = [(describe(source, i), why) for source in (dataset.train, dataset.heldout)
+           for i, why in sorted(getattr(source, "damaged", {}).items())]
+    if bad:
+        listed = ", ".join(f"{name} ({why})" for name, why in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise ConfigError(f"{len(bad)} image(s) cannot be decoded: {listed}; remove or replace them, or set "
+                          f"--config.data.skip_corrupt=True to leave them out")
+
+
 def _no_original(ckdir: epath.Path) -> ConfigError:
     return ConfigError(f"no original model in {ckdir}: add 'train' to --config.stages or pass "
                        f"--config.original_checkpoint=<orbax checkpoint>")
@@ -140,6 +151,8 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
     if "audit" in stages:
         audit.check_split(cfg.audit)
     dataset = load_dataset(cfg.data)
+    if not cfg.data.get("skip_corrupt", False):
+        check_decodable(dataset)
     workdir.mkdir(parents=True, exist_ok=True)
     save_config(workdir, cfg)
     splits, reused = load_or_make_splits(workdir / "splits.npz", dataset.train.labels, dataset.heldout.labels,

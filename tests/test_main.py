@@ -241,6 +241,32 @@ def test_only_the_checkpoints_the_run_reads_are_checked(finished_run, tmp_path):
         main.check_checkpoints(tmp_path / "run", c, ["train"])
 
 
+def test_images_that_cannot_be_decoded_are_refused_before_any_work(tmp_path):
+    # An image folder is decoded at load, so its damaged files are known then; they stopped the run only when
+    # first read, after the original and gold models had trained. Now all of them are named up front.
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / cls / f"{i}.png")
+    for bad in ("train/a/bad.png", "test/b/bad.png"):
+        (tmp_path / "data" / bad).write_bytes(b"not an image")
+    c = tiny_config()
+    c.data.source, c.data.path = "folder", str(tmp_path / "data")
+    with pytest.raises(main.ConfigError, match=r"^2 image\(s\) cannot be decoded: train/a/bad\.png \(.*\), "
+                                               r"test/b/bad\.png .*skip_corrupt=True"):
+        main.run(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    c.data.skip_corrupt, c.stages, c.train.epochs = True, "train", 1  # left out instead: the run goes on
+    main.run(c, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "original").exists()
+
+
 def test_a_seeds_run_checks_every_seeds_checkpoint_before_the_first_seed(finished_run, tmp_path):
     # The checkpoint of seed 1 is missing: found before seed 0 runs, not after it.
     import shutil
