@@ -108,6 +108,21 @@ def check_checkpoints(workdir: epath.Path, cfg, stages: list[str]) -> None:
                               f"directory of one saved by lotus_jax or made by `python -m lotus_jax.convert`")
 
 
+def describe_data(dataset: Dataset, splits: Any) -> dict[str, Any]:
+    """The data section of metrics.json (name, class names by index, split sizes); logs the class names and
+    warns of classes with no val or test example (their held-out accuracy and RF-JSD are not measured)."""
+    names = list(getattr(dataset.train, "class_names", None) or map(str, range(dataset.num_classes)))
+    shown = ", ".join(f"{i} {n}" for i, n in enumerate(names[:20])) + (", ..." if len(names) > 20 else "")
+    log(f"classes: {shown}")
+    labels = np.asarray(dataset.heldout.labels)
+    for split in ("val", "test"):
+        missing = sorted(set(range(dataset.num_classes)) - set(labels[getattr(splits, split)].tolist()))
+        if missing:
+            log(f"warning: {len(missing)} class(es) have no {split} example ({', '.join(names[i] for i in missing[:10])}"
+                f"{', ...' if len(missing) > 10 else ''}): their {split} accuracy and RF-JSD are not measured")
+    return {"name": dataset.name, "classes": names, "splits": splits.sizes()}
+
+
 def check_decodable(dataset: Dataset) -> None:
     """Refuses, before any training, images that a source decoded at load and found damaged (image folders);
     sources that decode lazily (tfds, array-record) report theirs when read."""
@@ -159,6 +174,7 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
                                          split_settings(cfg.data, cfg.seed), cfg.seed)
     log(f"data: {dataset.name}, {dataset.num_classes} classes, images {dataset.train.image_shape}; splits "
         f"{splits.sizes()}{' (reused)' if reused else ''}")
+    data_info = describe_data(dataset, splits)
     mesh = mesh_from_config(cfg.mesh)
     for name in ("train", "retrain", "eval", *methods):
         if cfg[name].get("batch_size") is not None:
@@ -240,7 +256,7 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
                 (workdir / "progress" / name).rmtree(missing_ok=True)
     metrics: dict[str, Any] = {}
     if "evaluate" in stages:
-        metrics = evaluate_all(ctx, workdir, methods, load, cfg, keep_audit="audit" not in stages)
+        metrics = evaluate_all(ctx, workdir, methods, load, cfg, keep_audit="audit" not in stages, data=data_info)
     if "audit" in stages:
         metrics = metrics or (files.read_json(workdir / "metrics.json") if (workdir / "metrics.json").exists()
                               else {})
@@ -314,7 +330,7 @@ def previous_audit(workdir: epath.Path, cfg) -> dict[str, Any] | None:
 
 
 def evaluate_all(ctx: Context, workdir: epath.Path, methods: list[str], load, cfg,
-                 keep_audit: bool = False) -> dict[str, Any]:
+                 keep_audit: bool = False, data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Statistics of every available model, then metrics.json and report.md (with `keep_audit`, the
     workdir's audit section too, when it still describes this config)."""
     stats_dir = workdir / "stats"
@@ -340,6 +356,8 @@ def evaluate_all(ctx: Context, workdir: epath.Path, methods: list[str], load, cf
                                  compat=cfg.compat, seed=cfg.seed)
     for name, reason in failed.items():
         metrics["models"][name] = {"failed": reason}
+    if data:
+        metrics["data"] = data
     kept = previous_audit(workdir, cfg) if keep_audit else None
     if kept:
         metrics["audit"] = kept

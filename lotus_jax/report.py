@@ -133,6 +133,10 @@ def render(metrics: dict[str, Any], config_text: str | None = None, figures: lis
                  "the reference code's `compat` JSD form (reversed KL, divided by the number of rows), the form "
                  "of the published numbers")
     parts = ["# LoTUS unlearning report"]
+    data = metrics.get("data")
+    if data:
+        sizes = ", ".join(f"{k} {v:,}" for k, v in data["splits"].items())
+        parts += ["", f"Data: {data['name']}, {len(data['classes'])} classes; {sizes} examples."]
     if metrics.get("models"):
         parts += [
             "", table(metrics), "",

@@ -1,11 +1,13 @@
 """End to end: `main` on a tiny digits config writes metrics.json and report.md, reruns skip finished
 stages, and bad input fails with one line and exit code 1 without touching what the workdir holds."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 from pathlib import Path
 
@@ -56,6 +58,27 @@ def test_run_writes_metrics_and_report(finished_run):
         assert (workdir / f).exists(), f
     for ck in ("original", "gold", "lotus"):
         assert (workdir / "checkpoints" / ck / "_CHECKPOINT_METADATA").exists()
+    splits = np.load(workdir / "splits.npz")
+    sizes = {k: len(splits[k]) for k in ("forget", "retain", "val", "test")}
+    assert saved["data"] == {"name": "digits", "classes": [str(i) for i in range(10)], "splits": sizes}
+    assert f"Data: digits, 10 classes; forget {sizes['forget']}, retain {sizes['retain']:,}," in report
+
+
+def test_classes_without_a_val_or_test_example_are_warned_of(capsys):
+    # A class missing from the held-out folder left its accuracy at 0 and its RF-JSD out, silently.
+    from lotus_jax.data import make_splits
+    from lotus_jax.data.sources import digits_dataset
+
+    ds = digits_dataset()
+    splits = make_splits(ds.train.labels, ds.heldout.labels, {"mode": "fraction", "sampling": "random",
+                                                             "fraction": 0.1, "classes": [0]}, 0)
+    labels = np.asarray(ds.heldout.labels)
+    info = main.describe_data(ds, splits)
+    assert "warning" not in capsys.readouterr().out and info["classes"][3] == "3"
+    splits = dataclasses.replace(splits, val=splits.val[labels[splits.val] != 3])
+    main.describe_data(ds, splits)
+    out = capsys.readouterr().out
+    assert "warning: 1 class(es) have no val example (3)" in out and "no test example" not in out
 
 
 def test_rerun_skips_finished_stages_and_reproduces_metrics(finished_run, capsys):
@@ -244,7 +267,6 @@ def test_only_the_checkpoints_the_run_reads_are_checked(finished_run, tmp_path):
 def test_images_that_cannot_be_decoded_are_refused_before_any_work(tmp_path):
     # An image folder is decoded at load, so its damaged files are known then; they stopped the run only when
     # first read, after the original and gold models had trained. Now all of them are named up front.
-    import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
