@@ -251,12 +251,17 @@ def parse_args(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_integer("image_size", None, "ViT input resolution (resamples the position embedding)",
                          flag_values=fv)
     flags.DEFINE_integer("num_heads", None, "attention heads of a torchvision ViT (not in its file)", flag_values=fv)
+    usage = ("usage: python -m lotus_jax.convert --input=<file or folder> --output=<folder> "
+             f"[--format={'|'.join(FORMATS)}] [--num_classes=N [--head_init={'|'.join(HEAD_INITS)}] [--seed=N]] "
+             "[--image_size=N] [--num_heads=N]")
+    if {"--help", "-h", "--helpfull"} & set(argv):
+        print(f"{usage}\n\n{fv.get_help()}")
+        sys.exit(0)
     try:
         fv(["python -m lotus_jax.convert", *argv])
         fv.validate_all_flags()
     except flags.Error as e:
-        print(f"error: {str(e).splitlines()[0]}\nusage: python -m lotus_jax.convert --input=<file or folder> "
-              f"--output=<folder> [--num_classes=N] [--image_size=N]", file=sys.stderr)
+        print(f"error: {str(e).splitlines()[0]}\n{usage}", file=sys.stderr)
         sys.exit(1)
     return fv
 

@@ -436,6 +436,10 @@ def import_resnet18(state: Mapping[str, Array], source: str) -> Imported:
     w = Weights(state, source)
     stem = w.take("conv1.weight", ndim=4)
     width, channels = stem.shape[:2]
+    if tuple(stem.shape[2:]) != (3, 3) and "fc.weight" in state and "layer1.0.downsample.0.weight" in state:
+        raise ConfigError(f"{source}: a {stem.shape[2]}x{stem.shape[3]} first convolution and torchvision's key "
+                          f"names: this is torchvision's ImageNet ResNet-18; lotus_jax's ResNet-18 is the CIFAR "
+                          f"variant of the reference code (3x3 first convolution): convert weights of that one")
     w.take("conv1.weight", (width, channels, 3, 3))
     params: dict[str, Any] = {"conv1": {"kernel": conv(stem)}}
     stats: dict[str, Any] = {}
@@ -459,4 +463,6 @@ def import_resnet18(state: Mapping[str, Array], source: str) -> Imported:
     params["fc"] = dense(w, "fc", cin, num_classes)
     w.finish("the reference ResNet-18")
     return Imported({"params": params, "batch_stats": stats}, dict(name="resnet18", width=int(width)),
-                    int(channels), int(num_classes), source)
+                    int(channels), int(num_classes), source,
+                    ("the file does not record the input normalisation it was trained with: set "
+                     "--config.data.mean and --config.data.std to it",))

@@ -342,6 +342,12 @@ def test_errors_name_the_key():
         import_resnet18(dict(resnet, **{"conv1.bias": np.zeros(2, np.float32)}), "f")
     with pytest.raises(ConfigError, match=r"key 'layer3.1.conv2.weight' has shape \(8, 8, 1, 1\)"):
         import_resnet18(dict(resnet, **{"layer3.1.conv2.weight": np.zeros((8, 8, 1, 1), np.float32)}), "f")
+    # torchvision's ImageNet ResNet-18 (7x7 stem, downsample keys) is named as such, not as one wrong shape.
+    torchvision_like = dict(resnet, **{"conv1.weight": np.zeros((2, 3, 7, 7), np.float32),
+                                       "layer1.0.downsample.0.weight": np.zeros((2, 2, 1, 1), np.float32)})
+    with pytest.raises(ConfigError, match="this is torchvision's ImageNet ResNet-18; .* CIFAR variant"):
+        import_resnet18(torchvision_like, "f")
+    assert any("--config.data.mean" in note for note in import_resnet18(resnet, "f").notes)
     arrays = import_npz.load(FIXTURES / "big_vision_vit_tiny.npz")
     key = "params/Transformer/encoderblock_1/MlpBlock_0/Dense_1/bias"
     with pytest.raises(ConfigError, match=f"key '{key}' has shape"):
@@ -357,6 +363,18 @@ def test_errors_name_the_key():
         import_hf.import_hf_vit(dict(state_hf, **{key: np.zeros((8, 4), np.float32)}), config, "f")
     with pytest.raises(ConfigError, match="hidden_act 'gelu_new' is not supported"):
         import_hf.import_hf_vit(state_hf, dict(config, hidden_act="gelu_new"), "f")
+
+
+def test_help_lists_every_flag_and_a_bad_flag_prints_the_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        convert.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(f"--{f}" in out for f in ("input", "output", "format", "num_classes",
+                                                                 "head_init", "seed", "image_size", "num_heads"))
+    with pytest.raises(SystemExit) as e:
+        convert.main(["--bogus=1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "Unknown command line flag 'bogus'" in err and "[--num_heads=N]" in err
 
 
 def test_file_errors(tmp_path, capsys):
