@@ -44,6 +44,8 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 STANDARD_HEADS: dict[int, int] = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 TORCHVISION_EPS = 1e-6
 IMAGENET_NORMALISATION = "mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)"
+RESNET_NORMALISATION_NOTE = ("the file does not record the input normalisation it was trained with: set "
+                             "--config.data.mean and --config.data.std to it")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,6 +465,4 @@ def import_resnet18(state: Mapping[str, Array], source: str) -> Imported:
     params["fc"] = dense(w, "fc", cin, num_classes)
     w.finish("the reference ResNet-18")
     return Imported({"params": params, "batch_stats": stats}, dict(name="resnet18", width=int(width)),
-                    int(channels), int(num_classes), source,
-                    ("the file does not record the input normalisation it was trained with: set "
-                     "--config.data.mean and --config.data.std to it",))
+                    int(channels), int(num_classes), source, (RESNET_NORMALISATION_NOTE,))
