@@ -112,8 +112,9 @@ def describe_data(dataset: Dataset, splits: Any) -> dict[str, Any]:
     """The data section of metrics.json (name, class names by index, split sizes); logs the class names and
     warns of classes with no val or test example (their held-out accuracy and RF-JSD are not measured)."""
     names = list(getattr(dataset.train, "class_names", None) or map(str, range(dataset.num_classes)))
-    shown = ", ".join(f"{i} {n}" for i, n in enumerate(names[:20])) + (", ..." if len(names) > 20 else "")
-    log(f"classes: {shown}")
+    if names != [str(i) for i in range(len(names))]:  # named classes (folders): which index is which
+        log("classes: " + ", ".join(f"{i} {n}" for i, n in enumerate(names[:20])) + (", ..." if len(names) > 20
+                                                                                     else ""))
     labels = np.asarray(dataset.heldout.labels)
     for split in ("val", "test"):
         missing = sorted(set(range(dataset.num_classes)) - set(labels[getattr(splits, split)].tolist()))
