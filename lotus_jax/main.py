@@ -90,19 +90,30 @@ def check_original(workdir: epath.Path, cfg, stages: list[str]) -> None:
         raise _no_original(workdir / "checkpoints")
 
 
+MODELS_FROM = {"original": ("original_checkpoint", "train"), "gold": ("gold_checkpoint", "retrain")}
+
+
+def checkpoint_to_read(workdir: epath.Path, cfg, model: str) -> tuple[str, str] | None:
+    """(config key, path) of the checkpoint outside the workdir that obtaining `model` ('original' or 'gold')
+    reads: the one given for it ({seed} replaced), else its stage's `init_checkpoint`; None when the workdir
+    holds the model or nothing is given."""
+    if checkpoint.exists(workdir / "checkpoints" / model):
+        return None
+    given, stage = MODELS_FROM[model]
+    if cfg[given]:
+        return given, seeded_path(cfg[given], cfg.seed)
+    start = cfg[stage].get("init_checkpoint")
+    return (f"{stage}.init_checkpoint", start) if start else None
+
+
 def check_checkpoints(workdir: epath.Path, cfg, stages: list[str]) -> None:
     """Refuses, before any work, a checkpoint the run would read that is not there (a mistyped path would
     otherwise be found after the data is loaded and the run's config is written)."""
-    ckdir = workdir / "checkpoints"
-    for model, given, stage in (("original", "original_checkpoint", "train"), ("gold", "gold_checkpoint", "retrain")):
-        if checkpoint.exists(ckdir / model):
-            continue  # found in the workdir: nothing else is read
-        if cfg[given]:  # imported ({seed} replaced, as the import does)
-            key, path = given, seeded_path(cfg[given], cfg.seed)
-        elif stage in stages and cfg[stage].get("init_checkpoint"):  # trained from these weights
-            key, path = f"{stage}.init_checkpoint", cfg[stage].init_checkpoint
-        else:
+    for model, (given, stage) in MODELS_FROM.items():
+        source = checkpoint_to_read(workdir, cfg, model)
+        if source is None or (source[0] != given and stage not in stages):  # an init_checkpoint of no training
             continue
+        key, path = source
         if not checkpoint.exists(path):
             raise ConfigError(f"--config.{key}: no orbax checkpoint at {path} (no _CHECKPOINT_METADATA); give the "
                               f"directory of one saved by lotus_jax or made by `python -m lotus_jax.convert`")
@@ -202,21 +213,21 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
         f"parameters, input {dummy.shape[1:]}, {cfg.dtype}; mesh {dict(mesh.shape)}")
     ckdir = workdir / "checkpoints"
 
-    def obtain(name: str, user_ckpt: str | None, indices: np.ndarray, tcfg, stage_key) -> None:
-        """The model `name` in ckdir: already there, imported from `user_ckpt`, or trained on `indices`."""
+    def obtain(name: str, indices: np.ndarray, tcfg, stage_key) -> None:
+        """The model `name` in ckdir: already there, imported from its given checkpoint, or trained on
+        `indices` (from the stage's init_checkpoint when set: fine-tuning a pretrained backbone)."""
         path = ckdir / name
         if checkpoint.exists(path):
             log(f"[{name}] checkpoint found in {path}: skipping training")
             return
-        if user_ckpt:
-            user_ckpt = seeded_path(user_ckpt, cfg.seed)
-            variables = checkpoint.restore(user_ckpt, like, mesh)
-            log(f"[{name}] imported {user_ckpt}")
+        source = checkpoint_to_read(workdir, cfg, name)
+        if source and source[0] == MODELS_FROM[name][0]:
+            variables = checkpoint.restore(source[1], like, mesh)
+            log(f"[{name}] imported {source[1]}")
         else:
-            start = tcfg.get("init_checkpoint")  # fine-tuning a pretrained backbone
-            initial = checkpoint.restore(start, like, mesh) if start else ctx.init_variables(stage_key)
-            if start:
-                log(f"[{name}] training starts from {start}")
+            initial = checkpoint.restore(source[1], like, mesh) if source else ctx.init_variables(stage_key)
+            if source:
+                log(f"[{name}] training starts from {source[1]}")
             variables = train(ctx, initial, indices, tcfg, stage_key, name)
         checkpoint.save(path, variables)
         (workdir / "progress" / name).rmtree(missing_ok=True)
@@ -226,10 +237,10 @@ def run(cfg, workdir: epath.Path, stop: threading.Event | None = None) -> dict[s
         return checkpoint.restore(path, like, mesh) if checkpoint.exists(path) else None
 
     if "train" in stages or cfg.original_checkpoint:
-        obtain("original", cfg.original_checkpoint, np.sort(np.concatenate([splits.forget, splits.retain])),
-               cfg.train, jax.random.fold_in(key, 1))
+        obtain("original", np.sort(np.concatenate([splits.forget, splits.retain])), cfg.train,
+               jax.random.fold_in(key, 1))
     if "retrain" in stages or cfg.gold_checkpoint:
-        obtain("gold", cfg.gold_checkpoint, splits.retain, cfg.retrain, jax.random.fold_in(key, 2))
+        obtain("gold", splits.retain, cfg.retrain, jax.random.fold_in(key, 2))
     results_dir = workdir / "results"
     if cfg.data.get("cache_unlearning", True) and {"unlearn", "evaluate", "audit"} & set(stages):
         ctx = dataclasses.replace(ctx, dataset=cache_unlearning_examples(ctx, cfg, workdir))
